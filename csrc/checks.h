@@ -1,0 +1,81 @@
+// Argument validation shared by the CPU and CUDA kernels. The public Python functions validate first (with the
+// same messages, see samdetr_ops/_checks.py) so every backend rejects bad input alike; these checks keep a
+// direct torch.ops.samdetr_ops.* call memory-safe.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace samdetr {
+
+inline void check_same_device_dtype(const char* op, const at::Tensor& ref, const char* ref_name,
+                                    const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), "samdetr_ops.", op, ": `", name, "` must be on the same device as `",
+                    ref_name, "` (", ref.device(), "), got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), "samdetr_ops.", op, ": `", name,
+                   "` must have the same dtype as `", ref_name, "` (", ref.scalar_type(), "), got ", t.scalar_type());
+}
+
+inline void check_rank_and_last(const char* op, const at::Tensor& t, const char* name, int64_t rank,
+                                int64_t last, const char* layout) {
+  TORCH_CHECK_VALUE(t.dim() == rank && (last < 0 || t.size(-1) == last), "samdetr_ops.", op, ": `", name,
+                    "` must have shape ", layout, ", got ", t.sizes());
+}
+
+inline void check_floating(const char* op, const at::Tensor& t, const char* name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(t.scalar_type()), "samdetr_ops.", op, ": `", name,
+                   "` must be a floating-point tensor, got ", t.scalar_type());
+}
+
+// features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2.
+inline void check_roi_inputs(const char* op, const at::Tensor& features, const at::Tensor& boxes, int64_t output_size,
+                             int64_t sampling_ratio) {
+  check_rank_and_last(op, features, "features", 4, -1, "(B, C, H, W)");
+  check_floating(op, features, "features");
+  check_rank_and_last(op, boxes, "boxes", 3, 4, "(B, N, 4)");
+  check_same_device_dtype(op, features, "features", boxes, "boxes");
+  TORCH_CHECK_VALUE(boxes.size(0) == features.size(0), "samdetr_ops.", op, ": `boxes` must have shape (B, N, 4) with B = ",
+                    features.size(0), " as in `features`, got ", boxes.sizes());
+  TORCH_CHECK_VALUE(output_size >= 1, "samdetr_ops.", op, ": `output_size` must be >= 1, got ", output_size);
+  TORCH_CHECK_VALUE(sampling_ratio != 0 && sampling_ratio >= -1, "samdetr_ops.", op,
+                    ": `sampling_ratio` must be a positive int or -1 (adaptive), got ", sampling_ratio);
+}
+
+// points (B, N, M, 2), weight_logits (B, N, M, C) for semantic_align.
+inline void check_semantic_align_inputs(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
+                                        const at::Tensor& weight_logits, int64_t output_size, int64_t sampling_ratio) {
+  const char* op = "semantic_align";
+  check_roi_inputs(op, features, boxes, output_size, sampling_ratio);
+  check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)");
+  check_same_device_dtype(op, features, "features", points, "points");
+  check_rank_and_last(op, weight_logits, "weight_logits", 4, features.size(1), "(B, N, M, C) with C = features.size(1)");
+  check_same_device_dtype(op, features, "features", weight_logits, "weight_logits");
+  TORCH_CHECK_VALUE(points.size(0) == boxes.size(0) && points.size(1) == boxes.size(1), "samdetr_ops.", op,
+                    ": `points` must have shape (B, N, M, 2) with B, N = ", boxes.size(0), ", ", boxes.size(1),
+                    " as in `boxes`, got ", points.sizes());
+  TORCH_CHECK_VALUE(weight_logits.sizes().slice(0, 3) == points.sizes().slice(0, 3), "samdetr_ops.", op,
+                    ": `weight_logits` must have shape (B, N, M, C) with B, N, M = ", points.sizes().slice(0, 3),
+                    " as in `points`, got ", weight_logits.sizes());
+}
+
+// boxes_cxcywh (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, D) with D even.
+inline void check_pos_embed_inputs(const at::Tensor& boxes, const at::Tensor& points, const at::Tensor& weight_logits) {
+  const char* op = "salient_point_pos_embed";
+  check_rank_and_last(op, boxes, "boxes_cxcywh", 3, 4, "(B, N, 4)");
+  check_floating(op, boxes, "boxes_cxcywh");
+  check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)");
+  check_same_device_dtype(op, boxes, "boxes_cxcywh", points, "points");
+  check_rank_and_last(op, weight_logits, "weight_logits", 4, -1, "(B, N, M, D)");
+  check_same_device_dtype(op, boxes, "boxes_cxcywh", weight_logits, "weight_logits");
+  TORCH_CHECK_VALUE(points.size(0) == boxes.size(0) && points.size(1) == boxes.size(1), "samdetr_ops.", op,
+                    ": `points` must have shape (B, N, M, 2) with B, N = ", boxes.size(0), ", ", boxes.size(1),
+                    " as in `boxes_cxcywh`, got ", points.sizes());
+  TORCH_CHECK_VALUE(weight_logits.sizes().slice(0, 3) == points.sizes().slice(0, 3), "samdetr_ops.", op,
+                    ": `weight_logits` must have shape (B, N, M, D) with B, N, M = ", points.sizes().slice(0, 3),
+                    " as in `points`, got ", weight_logits.sizes());
+  TORCH_CHECK_VALUE(weight_logits.size(3) % 2 == 0, "samdetr_ops.", op,
+                    ": `weight_logits` must have an even last dimension D (half for y, half for x), got D = ",
+                    weight_logits.size(3));
+}
+
+}  // namespace samdetr

@@ -1,0 +1,108 @@
+// CPU kernels of samdetr_ops::roi_align (forward and backward), float32 / float64.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../checks.h"
+#include "cpu_common.h"
+
+namespace samdetr {
+namespace cpu {
+namespace {
+
+// features (B, C, H, W), any strides; boxes (B, N, 4) x1 y1 x2 y2 -> (B, N, C, S, S).
+at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes, int64_t output_size,
+                             double spatial_scale, int64_t sampling_ratio, bool aligned) {
+  check_roi_inputs("roi_align", features, boxes, output_size, sampling_ratio);
+  check_cpu_dtype("roi_align", features, "features");
+  const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
+  const int64_t N = boxes.size(1), S = output_size;
+  at::Tensor out = at::zeros({B, N, C, S, S}, features.options());
+  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  // No copy when features already are channels-last, e.g. a (B, H*W, C) token tensor viewed as (B, C, H, W).
+  const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor box = boxes.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "samdetr_roi_align_forward_cpu", [&] {
+    const scalar_t* feat_ptr = feat.const_data_ptr<scalar_t>();
+    const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> acc(C);  // one bin, all channels
+      for (int64_t roi = begin; roi < end; ++roi) {
+        const int64_t b = roi / N;
+        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, S, sampling_ratio, aligned);
+        const scalar_t* feat_b = feat_ptr + b * H * W * C;
+        for (int64_t by = 0; by < S; ++by) {
+          for (int64_t bx = 0; bx < S; ++bx) {
+            bin_average(g, by, bx, feat_b, H, W, C, 0, C, acc.data());
+            scalar_t* o = out_ptr + roi * C * S * S + by * S + bx;  // (c, by, bx) of this RoI
+            for (int64_t c = 0; c < C; ++c) o[c * S * S] = acc[c];
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// grad_output (B, N, C, S, S) -> grad_features (B, C, H, W), channels-last.
+at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& boxes, c10::SymIntArrayRef feature_shape,
+                              int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned) {
+  const at::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(feature_shape);
+  TORCH_CHECK_VALUE(shape.size() == 4, "samdetr_ops.roi_align_backward: `feature_shape` must be (B, C, H, W), got ",
+                    shape);
+  const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3];
+  const int64_t S = output_size;
+  check_rank_and_last("roi_align_backward", boxes, "boxes", 3, 4, "(B, N, 4)");
+  const int64_t N = boxes.size(1);
+  TORCH_CHECK_VALUE(boxes.size(0) == B, "samdetr_ops.roi_align_backward: `boxes` must have B = ", B, ", got ",
+                    boxes.sizes());
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({B, N, C, S, S}),
+                    "samdetr_ops.roi_align_backward: `grad_output` must have shape (B, N, C, S, S) = ",
+                    at::IntArrayRef({B, N, C, S, S}), ", got ", grad_output.sizes());
+  check_same_device_dtype("roi_align_backward", grad_output, "grad_output", boxes, "boxes");
+  check_cpu_dtype("roi_align_backward", grad_output, "grad_output");
+  at::Tensor grad_features =
+      zeros_channels_last({B, C, H, W}, grad_output.options());
+  if (grad_features.numel() == 0 || N == 0) return grad_features;
+  // (B, N, S, S, C): each bin's channel vector contiguous, as the scatter walks channels.
+  const at::Tensor grad_t = grad_output.permute({0, 1, 3, 4, 2}).contiguous();
+  const at::Tensor box = boxes.contiguous();
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "samdetr_roi_align_backward_cpu", [&] {
+    const scalar_t* grad_ptr = grad_t.const_data_ptr<scalar_t>();
+    const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
+    scalar_t* gfeat_ptr = grad_features.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> grad_bin(kChannelBlock);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / blocks;
+        const int64_t c0 = (task % blocks) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
+        scalar_t* gfeat_b = gfeat_ptr + b * H * W * C;
+        for (int64_t n = 0; n < N; ++n) {
+          const auto g = box_geometry(box_ptr + (b * N + n) * 4, spatial_scale, S, sampling_ratio, aligned);
+          if (g.grid_h == 0 || g.grid_w == 0) continue;
+          for (int64_t bin = 0; bin < S * S; ++bin) {
+            const scalar_t* src = grad_ptr + ((b * N + n) * S * S + bin) * C + c0;
+            for (int64_t c = 0; c < c1 - c0; ++c) grad_bin[c] = src[c] * g.inv_count;
+            bin_scatter(g, bin / S, bin % S, gfeat_b, H, W, C, c0, c1, grad_bin.data());
+          }
+        }
+      }
+    });
+  });
+  return grad_features;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(samdetr_ops, CPU, m) {
+  m.impl("roi_align", &roi_align_forward);
+  m.impl("roi_align_backward", &roi_align_backward);
+}
+
+}  // namespace cpu
+}  // namespace samdetr

@@ -1,0 +1,217 @@
+// CPU kernels of samdetr_ops::semantic_align (forward and backward), float32 / float64.
+//
+// Per RoI only the bins that some salient point's bilinear corners touch are computed (at most 4 per point, and
+// shared between points); the (B*N, C, S, S) RoI feature tensor of the unfused sequence never exists.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <vector>
+
+#include "../checks.h"
+#include "cpu_common.h"
+
+namespace samdetr {
+namespace cpu {
+namespace {
+
+// The grid taps of a RoI's M points and the set of its S x S bins they touch.
+template <typename T>
+struct PointTaps {
+  std::vector<GridTaps<T>> taps;  // (M,)
+  std::vector<uint8_t> valid;     // (M,) point touches the grid at all
+  std::vector<uint8_t> touched;   // (S*S,) bin read by some point
+
+  PointTaps(int64_t points, int64_t size) : taps(points), valid(points), touched(size * size) {}
+
+  // points: (M, 2) normalised (x, y) of one RoI.
+  void compute(const T* points, int64_t size) {
+    std::fill(touched.begin(), touched.end(), 0);
+    for (size_t m = 0; m < taps.size(); ++m) {
+      GridTaps<T>& t = taps[m];
+      valid[m] = grid_taps(points[2 * m], points[2 * m + 1], size, &t);
+      if (!valid[m]) continue;
+      for (int ky = 0; ky < 2; ++ky)
+        for (int kx = 0; kx < 2; ++kx)
+          if (t.in_y[ky] && t.in_x[kx]) touched[(t.y0 + ky) * size + t.x0 + kx] = 1;
+    }
+  }
+};
+
+// features (B, C, H, W); boxes (B, N, 4); points (B, N, M, 2); weight_logits (B, N, M, C) -> (B, N, M, C).
+at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
+                                  const at::Tensor& weight_logits, int64_t output_size, double spatial_scale,
+                                  int64_t sampling_ratio, bool aligned) {
+  check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
+  check_cpu_dtype("semantic_align", features, "features");
+  const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
+  const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
+  at::Tensor out = at::zeros({B, N, M, C}, features.options());
+  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor box = boxes.contiguous(), pts = points.contiguous(), logits = weight_logits.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "samdetr_semantic_align_forward_cpu", [&] {
+    const scalar_t* feat_ptr = feat.const_data_ptr<scalar_t>();
+    const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
+    const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
+    const scalar_t* logit_ptr = logits.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
+      PointTaps<scalar_t> pt(M, S);
+      std::vector<scalar_t> bins(S * S * C);  // (S*S, C): RoI features, touched bins only
+      std::vector<scalar_t> q(C);             // one sampled point, before reweighting
+      for (int64_t roi = begin; roi < end; ++roi) {
+        const int64_t b = roi / N;
+        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, S, sampling_ratio, aligned);
+        pt.compute(pts_ptr + roi * M * 2, S);
+        const scalar_t* feat_b = feat_ptr + b * H * W * C;
+        for (int64_t bin = 0; bin < S * S; ++bin)
+          if (pt.touched[bin]) bin_average(g, bin / S, bin % S, feat_b, H, W, C, 0, C, bins.data() + bin * C);
+        for (int64_t m = 0; m < M; ++m) {
+          if (!pt.valid[m]) continue;  // output stays 0, as grid_sample's zero padding gives
+          const GridTaps<scalar_t>& t = pt.taps[m];
+          std::fill(q.begin(), q.end(), scalar_t(0));
+          for (int ky = 0; ky < 2; ++ky) {
+            for (int kx = 0; kx < 2; ++kx) {
+              if (!(t.in_y[ky] && t.in_x[kx])) continue;
+              const scalar_t w = t.wy[ky] * t.wx[kx];
+              const scalar_t* v = bins.data() + ((t.y0 + ky) * S + t.x0 + kx) * C;
+              for (int64_t c = 0; c < C; ++c) q[c] += w * v[c];
+            }
+          }
+          const int64_t row = (roi * M + m) * C;
+          for (int64_t c = 0; c < C; ++c) out_ptr[row + c] = q[c] * sigmoid(logit_ptr[row + c]);
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Returns (grad_features channels-last (B, C, H, W), grad_points (B, N, M, 2), grad_weight_logits (B, N, M, C)).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
+    const at::Tensor& grad_output, const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
+    const at::Tensor& weight_logits, int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned,
+    std::array<bool, 3> output_mask) {
+  check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
+  check_cpu_dtype("semantic_align_backward", features, "features");
+  TORCH_CHECK_VALUE(grad_output.sizes() == weight_logits.sizes(),
+                    "samdetr_ops.semantic_align_backward: `grad_output` must have shape (B, N, M, C) = ",
+                    weight_logits.sizes(), ", got ", grad_output.sizes());
+  check_same_device_dtype("semantic_align_backward", features, "features", grad_output, "grad_output");
+  const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
+  const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
+  const bool need_feat = output_mask[0], need_points = output_mask[1], need_logits = output_mask[2];
+  at::Tensor grad_features =
+      zeros_channels_last({B, C, H, W}, features.options());
+  at::Tensor grad_points = at::zeros({B, N, M, 2}, points.options());
+  at::Tensor grad_logits = at::zeros({B, N, M, C}, weight_logits.options());
+  if (grad_logits.numel() == 0 || H == 0 || W == 0) return {grad_features, grad_points, grad_logits};
+  if (!(need_feat || need_points || need_logits)) return {grad_features, grad_points, grad_logits};
+  const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
+  const at::Tensor box = boxes.contiguous(), pts = points.contiguous(), logits = weight_logits.contiguous();
+  const at::Tensor grad = grad_output.contiguous();
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  // Per channel block partial point gradients, summed over blocks afterwards in a fixed order.
+  at::Tensor point_partials = at::zeros({blocks, B, N, M, 2}, points.options());
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "samdetr_semantic_align_backward_cpu", [&] {
+    const scalar_t* feat_ptr = feat.const_data_ptr<scalar_t>();
+    const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
+    const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
+    const scalar_t* logit_ptr = logits.const_data_ptr<scalar_t>();
+    const scalar_t* grad_ptr = grad.const_data_ptr<scalar_t>();
+    scalar_t* gfeat_ptr = grad_features.mutable_data_ptr<scalar_t>();
+    scalar_t* glogit_ptr = grad_logits.mutable_data_ptr<scalar_t>();
+    scalar_t* gpoint_ptr = point_partials.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+      constexpr int64_t CB = kChannelBlock;
+      PointTaps<scalar_t> pt(M, S);
+      std::vector<scalar_t> bins(S * S * CB);       // (S*S, CB) RoI features of touched bins
+      std::vector<scalar_t> grad_bins(S * S * CB);  // (S*S, CB) their gradient
+      // Per point and channel: sigmoid, d out / d q, q, d q / d x, d q / d y.
+      std::vector<scalar_t> sig(CB), gq(CB), q(CB), dq_dx(CB), dq_dy(CB);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / blocks, block = task % blocks;
+        const int64_t c0 = block * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock), nc = c1 - c0;
+        const scalar_t* feat_b = feat_ptr + b * H * W * C;
+        scalar_t* gfeat_b = gfeat_ptr + b * H * W * C;
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t roi = b * N + n;
+          const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, S, sampling_ratio, aligned);
+          pt.compute(pts_ptr + roi * M * 2, S);
+          for (int64_t bin = 0; bin < S * S; ++bin) {
+            if (!pt.touched[bin]) continue;
+            if (need_points || need_logits)
+              bin_average(g, bin / S, bin % S, feat_b, H, W, C, c0, c1, bins.data() + bin * CB);
+            if (need_feat) std::fill_n(grad_bins.data() + bin * CB, nc, scalar_t(0));
+          }
+          for (int64_t m = 0; m < M; ++m) {
+            if (!pt.valid[m]) continue;  // no corner on the grid: every gradient is 0
+            const GridTaps<scalar_t>& t = pt.taps[m];
+            const int64_t row = (roi * M + m) * C + c0;
+            for (int64_t c = 0; c < nc; ++c) {
+              sig[c] = sigmoid(logit_ptr[row + c]);
+              gq[c] = grad_ptr[row + c] * sig[c];
+              q[c] = dq_dx[c] = dq_dy[c] = scalar_t(0);
+            }
+            for (int ky = 0; ky < 2; ++ky) {
+              for (int kx = 0; kx < 2; ++kx) {
+                if (!(t.in_y[ky] && t.in_x[kx])) continue;
+                const int64_t bin = (t.y0 + ky) * S + t.x0 + kx;
+                const scalar_t w = t.wy[ky] * t.wx[kx];
+                if (need_points || need_logits) {
+                  const scalar_t w_dx = t.wy[ky] * t.dwx[kx], w_dy = t.dwy[ky] * t.wx[kx];
+                  const scalar_t* v = bins.data() + bin * CB;
+                  for (int64_t c = 0; c < nc; ++c) {
+                    q[c] += w * v[c];
+                    dq_dx[c] += w_dx * v[c];
+                    dq_dy[c] += w_dy * v[c];
+                  }
+                }
+                if (need_feat) {
+                  scalar_t* gb = grad_bins.data() + bin * CB;
+                  for (int64_t c = 0; c < nc; ++c) gb[c] += w * gq[c];
+                }
+              }
+            }
+            if (need_logits)
+              for (int64_t c = 0; c < nc; ++c)
+                glogit_ptr[row + c] = grad_ptr[row + c] * q[c] * sig[c] * (scalar_t(1) - sig[c]);
+            if (need_points) {
+              scalar_t gx = 0, gy = 0;
+              for (int64_t c = 0; c < nc; ++c) {
+                gx += gq[c] * dq_dx[c];
+                gy += gq[c] * dq_dy[c];
+              }
+              scalar_t* gp = gpoint_ptr + ((block * B * N + roi) * M + m) * 2;
+              gp[0] = gx;
+              gp[1] = gy;
+            }
+          }
+          if (need_feat && g.grid_h > 0 && g.grid_w > 0) {
+            for (int64_t bin = 0; bin < S * S; ++bin) {
+              if (!pt.touched[bin]) continue;
+              scalar_t* gb = grad_bins.data() + bin * CB;
+              for (int64_t c = 0; c < nc; ++c) gb[c] *= g.inv_count;
+              bin_scatter(g, bin / S, bin % S, gfeat_b, H, W, C, c0, c1, gb);
+            }
+          }
+        }
+      }
+    });
+  });
+  if (need_points) grad_points = point_partials.sum(0);
+  return {grad_features, grad_points, grad_logits};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(samdetr_ops, CPU, m) {
+  m.impl("semantic_align", &semantic_align_forward);
+  m.impl("semantic_align_backward", &semantic_align_backward);
+}
+
+}  // namespace cpu
+}  // namespace samdetr

@@ -1,0 +1,75 @@
+"""Which implementation runs each op.
+
+Backends: "cpp" (the compiled C++/CUDA kernels), "triton" (the Triton kernels, CUDA tensors, or CPU tensors
+under TRITON_INTERPRET=1), "reference" (the unfused PyTorch sequence) and "auto" (the default: "cpp" where the
+extension has a kernel for the tensor's device, else "reference" with one warning). Only "auto" ever falls back;
+asking for a backend that cannot run raises.
+"""
+import os
+import warnings
+
+from . import _ops, reference
+
+BACKENDS = ("auto", "cpp", "triton", "reference")
+ENV_VAR = "SAMDETR_OPS_BACKEND"
+
+
+def _validated(name):
+    if name not in BACKENDS:
+        raise ValueError(f"samdetr_ops: unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+_state = {"backend": _validated(os.environ.get(ENV_VAR, "auto").strip().lower() or "auto")}
+_warned = set()
+
+
+class use_backend:
+    """Selects the backend: `use_backend("cpp")` sets it for the process, `with use_backend("triton"):` for a
+    block (the previous choice comes back on exit)."""
+
+    def __init__(self, name: str):
+        self._previous = _state["backend"]
+        _state["backend"] = _validated(name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        _state["backend"] = self._previous
+        return False
+
+
+def current_backend() -> str:
+    return _state["backend"]
+
+
+def _triton_impl(op, device):
+    from . import triton as triton_backend  # imported lazily: Triton is optional
+
+    impl = triton_backend.get(op, device)
+    if impl is None:
+        raise RuntimeError(f"samdetr_ops: backend 'triton' cannot run {op} on {device.type}: "
+                           f"{triton_backend.unavailable_reason(device)}")
+    return impl
+
+
+def resolve(op: str, device):
+    """The callable that computes `op` for tensors on `device` under the current backend."""
+    backend = _state["backend"]
+    if backend == "reference":
+        return getattr(reference, op)
+    if backend == "triton":
+        return _triton_impl(op, device)
+    if _ops.has_kernel(op, device.type):
+        return getattr(_ops.ops, op)
+    reason = ("the compiled extension is not built" if not _ops.LOADED
+              else f"the compiled extension has no {device.type} kernel")
+    if backend == "cpp":
+        raise RuntimeError(f"samdetr_ops: backend 'cpp' cannot run {op} on {device.type}: {reason} "
+                           "(rebuild with `pip install --no-build-isolation -e .`)")
+    if (op, device.type) not in _warned:
+        _warned.add((op, device.type))
+        warnings.warn(f"samdetr_ops.{op}: {reason}; falling back to the unfused reference (slow)", RuntimeWarning,
+                      stacklevel=3)
+    return getattr(reference, op)

@@ -1,0 +1,63 @@
+"""The unfused PyTorch sequences: the specification of every samdetr_ops op.
+
+Each function here is what the corresponding fused op must equal up to float rounding. They are also the
+fallback when the compiled extension is missing and the baseline of every test and benchmark. Shapes:
+B images, N queries (boxes) per image, M salient points per query, C (or D) channels, S = output_size.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+
+def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
+    """features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 in input pixels -> (B, N, C, S, S)."""
+    B, N = boxes.shape[:2]
+    C, H, W = features.shape[1:]
+    S = output_size
+    if H == 0 or W == 0:
+        # torchvision reads out of bounds on an empty map; every sample is off the map, so the answer is zeros.
+        # (+ features.sum(), itself 0, keeps the result on the autograd graph.)
+        return features.new_zeros((B, N, C, S, S)) + features.sum()
+    rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), S, spatial_scale, sampling_ratio, aligned)
+    return rois.view(B, N, C, S, S)
+
+
+def semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
+                   aligned=True):
+    """SAM-DETR's semantics aligner after the point predictor.
+
+    features (B, C, H, W), boxes (B, N, 4), points (B, N, M, 2) as grid_sample (x, y) in [-1, 1] over the S x S
+    RoI grid, weight_logits (B, N, M, C) -> (B, N, M, C): the C features at each salient point, times
+    sigmoid(weight_logits).
+    """
+    B, N, M = points.shape[:3]
+    C = features.shape[1]
+    rois = roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)  # (B, N, C, S, S)
+    rois = rois.flatten(0, 1)                                                               # (B*N, C, S, S)
+    q = F.grid_sample(rois, points.reshape(B * N, 1, M, 2), mode="bilinear", padding_mode="zeros",
+                      align_corners=False)                                                  # (B*N, C, 1, M)
+    return q.view(B, N, C, M).permute(0, 1, 3, 2) * weight_logits.sigmoid()                # (B, N, M, C)
+
+
+def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0):
+    """Sine embedding of the salient points, reweighted.
+
+    boxes_cxcywh (B, N, 4) normalised, points (B, N, M, 2) (x, y) in [-1, 1] relative to the box,
+    weight_logits (B, N, M, D) -> (B, N, M, D): D/2 features of y then D/2 of x (gen_sineembed_for_position
+    layout), sin for even and cos for odd feature index, times sigmoid(weight_logits).
+    """
+    D = weight_logits.shape[-1]
+    half = D // 2
+    position = boxes_cxcywh[..., None, :2] + 0.5 * boxes_cxcywh[..., None, 2:] * points  # (B, N, M, 2) x, y
+    k = torch.arange(half, dtype=position.dtype, device=position.device)
+    dim_t = temperature ** (2 * torch.div(k, 2, rounding_mode="floor") / half)                # (half,)
+    even = (torch.arange(half, device=position.device) % 2) == 0
+
+    def embed(coordinate):  # (B, N, M) -> (B, N, M, half)
+        t = (coordinate * (2 * math.pi))[..., None] / dim_t
+        return torch.where(even, t.sin(), t.cos())
+
+    embedding = torch.cat((embed(position[..., 1]), embed(position[..., 0])), dim=-1)  # (B, N, M, D)
+    return embedding * weight_logits.sigmoid()

@@ -1,0 +1,58 @@
+"""Builds samdetr_ops._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit is found and either a GPU
+is visible or FORCE_CUDA=1 (CI compiles them that way on a machine without a GPU).
+
+    pip install --no-build-isolation -e .
+"""
+import glob
+import os
+
+# The `nvcc` on PATH may be a wrapper script, from which torch would guess the wrong toolkit root: prefer the
+# standard location unless the user chose one.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.isdir("/usr/local/cuda"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+import torch  # noqa: E402
+from setuptools import find_packages, setup  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        if CUDA_HOME is None:
+            raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME")
+        return True
+    return CUDA_HOME is not None and torch.cuda.is_available()
+
+
+def _extension():
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
+    # at::parallel_for is inlined from torch's headers and only runs in parallel when compiled with OpenMP; the
+    # extension then shares torch's own libgomp (same soname, already loaded).
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    if not _want_cuda():
+        print("samdetr_ops: building the CPU kernels (no CUDA: set FORCE_CUDA=1 to compile them without a GPU)")
+        return CppExtension("samdetr_ops._C", sources, extra_compile_args={"cxx": cxx_flags},
+                            extra_link_args=link_flags)
+    if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"  # A100 and H100/H200
+    sources += rel("csrc/cuda/*.cu")
+    print(f"samdetr_ops: building the CPU and CUDA kernels with {CUDA_HOME} for arch "
+          f"{os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')}")
+    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+    return CUDAExtension("samdetr_ops._C", sources, define_macros=[("SAMDETR_WITH_CUDA", "1")],
+                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags)
+
+
+setup(
+    name="samdetr_ops",
+    version="0.1.0",
+    description="Fused CUDA/C++ and Triton kernels for SAM-DETR's semantics aligner",
+    packages=find_packages(include=["samdetr_ops", "samdetr_ops.*"]),
+    python_requires=">=3.10",
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
