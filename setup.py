@@ -31,7 +31,7 @@ def _extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # at::parallel_for is inlined from torch's headers and only runs in parallel when compiled with OpenMP; the
     # extension then shares torch's own libgomp (same soname, already loaded).
-    cxx_flags = ["-O3", "-fopenmp"]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
     link_flags = ["-fopenmp"]
     if not _want_cuda():
         print("samdetr_ops: building the CPU kernels (no CUDA: set FORCE_CUDA=1 to compile them without a GPU)")

@@ -218,25 +218,22 @@ SAMDETR_HD bool grid_taps(T px, T py, int64_t size, GridTaps<T>* t) {
 // Sinusoidal position embedding of salient points (Conditional-DETR's gen_sineembed_for_position layout).
 // ---------------------------------------------------------------------------------------------------------------
 // Feature k (0 <= k < half) of one coordinate p: t = (p * 2 pi) / temperature^(2 (k // 2) / half);
-// sin(t) for even k, cos(t) for odd k. The frequency 1 / temperature^(...) depends only on k, so kernels compute
-// it once per feature (sine_inverse_period) and pass it to sine_feature, which returns the value and d value / d p.
+// sin(t) for even k, cos(t) for odd k. Features 2j and 2j+1 share the same t, so kernels walk pairs: one sin/cos
+// evaluation gives both values (sin t, cos t) and both derivatives (cos t, -sin t) * d t / d p.
+// The pair's frequency 1 / temperature^(2 j / half) depends only on j: kernels compute it once per pair.
 template <typename T>
-SAMDETR_HD T sine_inverse_period(int64_t k, int64_t half, T temperature) {
-  const T exponent = static_cast<T>(2 * (k / 2)) / static_cast<T>(half);
-  return T(1) / SAMDETR_FN(pow)(temperature, exponent);
+SAMDETR_HD T sine_pair_frequency(int64_t pair, int64_t half, T temperature) {
+  return T(1) / SAMDETR_FN(pow)(temperature, static_cast<T>(2 * pair) / static_cast<T>(half));
 }
 
+// Writes sin t and cos t, and returns d t / d p, for t = (p * 2 pi) * frequency.
 template <typename T>
-SAMDETR_HD T sine_feature(T p, int64_t k, T inverse_period, T* d_dp) {
+SAMDETR_HD T sine_pair(T p, T frequency, T* sin_t, T* cos_t) {
   const T two_pi = static_cast<T>(6.283185307179586476925286766559);
-  const T t = (p * two_pi) * inverse_period;
-  const T st = SAMDETR_FN(sin)(t), ct = SAMDETR_FN(cos)(t);
-  if (k % 2 == 0) {
-    *d_dp = ct * two_pi * inverse_period;
-    return st;
-  }
-  *d_dp = -st * two_pi * inverse_period;
-  return ct;
+  const T t = (p * two_pi) * frequency;
+  *sin_t = SAMDETR_FN(sin)(t);
+  *cos_t = SAMDETR_FN(cos)(t);
+  return two_pi * frequency;
 }
 
 template <typename T>

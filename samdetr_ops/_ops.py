@@ -14,12 +14,21 @@ from . import _checks
 LOADED = _LOAD_ERROR is None
 
 
+OP_NAMES = ("roi_align", "semantic_align", "salient_point_pos_embed")
+
+# (op name, device type) pairs the compiled extension has kernels for, read once at import (registrations are
+# static), so that backend choice is a plain lookup that torch.compile traces through.
+KERNELS = frozenset(
+    (op, device_type)
+    for op in OP_NAMES
+    for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+    if LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"samdetr_ops::{op}", key)
+)
+
+
 def has_kernel(op_name: str, device_type: str) -> bool:
     """Whether the compiled extension registered a kernel of samdetr_ops::<op_name> for this device type."""
-    if not LOADED:
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(f"samdetr_ops::{op_name}", key)
+    return (op_name, device_type) in KERNELS
 
 
 def _channels_last_empty(shape, like):

@@ -16,9 +16,9 @@ def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=
     B, N = boxes.shape[:2]
     C, H, W = features.shape[1:]
     S = output_size
-    if H == 0 or W == 0:
-        # torchvision reads out of bounds on an empty map; every sample is off the map, so the answer is zeros.
-        # (+ features.sum(), itself 0, keeps the result on the autograd graph.)
+    if B == 0 or H == 0 or W == 0:
+        # torchvision takes no empty box list and reads out of bounds on an empty map; the answer is zeros.
+        # (+ features.sum(), itself 0 here, keeps the result on the autograd graph.)
         return features.new_zeros((B, N, C, S, S)) + features.sum()
     rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), S, spatial_scale, sampling_ratio, aligned)
     return rois.view(B, N, C, S, S)

@@ -13,12 +13,43 @@ namespace samdetr {
 namespace cpu {
 namespace {
 
-// (half,) frequencies 1 / temperature^(2 (k // 2) / half), shared by every point.
+// ((half + 1) / 2,) frequencies of the feature pairs (2j, 2j+1), shared by every point.
 template <typename T>
-std::vector<T> inverse_periods(int64_t half, double temperature) {
-  std::vector<T> inv(half);
-  for (int64_t k = 0; k < half; ++k) inv[k] = sine_inverse_period<T>(k, half, static_cast<T>(temperature));
-  return inv;
+std::vector<T> pair_frequencies(int64_t half, double temperature) {
+  std::vector<T> freq((half + 1) / 2);
+  for (int64_t j = 0; j < int64_t(freq.size()); ++j)
+    freq[j] = sine_pair_frequency<T>(j, half, static_cast<T>(temperature));
+  return freq;
+}
+
+// out[0 : half] = embedding of p, features interleaved sin/cos, times sigmoid(logits[0 : half]).
+template <typename T>
+inline void embed_coordinate(T p, const std::vector<T>& freq, int64_t half, const T* logits, T* out) {
+  for (int64_t j = 0; j < int64_t(freq.size()); ++j) {
+    T sin_t, cos_t;
+    sine_pair(p, freq[j], &sin_t, &cos_t);
+    out[2 * j] = sin_t * sigmoid(logits[2 * j]);
+    if (2 * j + 1 < half) out[2 * j + 1] = cos_t * sigmoid(logits[2 * j + 1]);
+  }
+}
+
+// Backward of embed_coordinate: writes the logits' gradient and returns d loss / d p.
+template <typename T>
+inline T embed_coordinate_backward(T p, const std::vector<T>& freq, int64_t half, const T* logits, const T* grad,
+                                   T* grad_logits) {
+  T grad_p = 0;
+  for (int64_t j = 0; j < int64_t(freq.size()); ++j) {
+    T sin_t, cos_t;
+    const T dt_dp = sine_pair(p, freq[j], &sin_t, &cos_t);
+    const T values[2] = {sin_t, cos_t}, derivatives[2] = {cos_t * dt_dp, -sin_t * dt_dp};
+    for (int64_t i = 0; i < 2 && 2 * j + i < half; ++i) {
+      const int64_t k = 2 * j + i;
+      const T s = sigmoid(logits[k]);
+      grad_logits[k] = grad[k] * values[i] * s * (T(1) - s);
+      grad_p += grad[k] * s * derivatives[i];
+    }
+  }
+  return grad_p;
 }
 
 // boxes (B, N, 4) cx cy w h; points (B, N, M, 2) x y; weight_logits (B, N, M, D) -> (B, N, M, D), laid out as
@@ -32,7 +63,7 @@ at::Tensor pos_embed_forward(const at::Tensor& boxes, const at::Tensor& points, 
   if (out.numel() == 0) return out;
   const at::Tensor box = boxes.contiguous(), pts = points.contiguous(), logits = weight_logits.contiguous();
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "samdetr_pos_embed_forward_cpu", [&] {
-    const std::vector<scalar_t> inv = inverse_periods<scalar_t>(half, temperature);
+    const std::vector<scalar_t> freq = pair_frequencies<scalar_t>(half, temperature);
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
     const scalar_t* logit_ptr = logits.const_data_ptr<scalar_t>();
@@ -42,13 +73,8 @@ at::Tensor pos_embed_forward(const at::Tensor& boxes, const at::Tensor& points, 
         const scalar_t* bx = box_ptr + (r / M) * 4;
         const scalar_t px = bx[0] + scalar_t(0.5) * bx[2] * pts_ptr[2 * r];
         const scalar_t py = bx[1] + scalar_t(0.5) * bx[3] * pts_ptr[2 * r + 1];
-        const scalar_t* l = logit_ptr + r * D;
-        scalar_t* o = out_ptr + r * D;
-        scalar_t unused;
-        for (int64_t k = 0; k < half; ++k) {
-          o[k] = sine_feature(py, k, inv[k], &unused) * sigmoid(l[k]);
-          o[half + k] = sine_feature(px, k, inv[k], &unused) * sigmoid(l[half + k]);
-        }
+        embed_coordinate(py, freq, half, logit_ptr + r * D, out_ptr + r * D);
+        embed_coordinate(px, freq, half, logit_ptr + r * D + half, out_ptr + r * D + half);
       }
     });
   });
@@ -73,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pos_embed_backward(const at::Tens
   const at::Tensor box = boxes.contiguous(), pts = points.contiguous(), logits = weight_logits.contiguous();
   const at::Tensor grad = grad_output.contiguous();
   AT_DISPATCH_FLOATING_TYPES(boxes.scalar_type(), "samdetr_pos_embed_backward_cpu", [&] {
-    const std::vector<scalar_t> inv = inverse_periods<scalar_t>(half, temperature);
+    const std::vector<scalar_t> freq = pair_frequencies<scalar_t>(half, temperature);
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
     const scalar_t* logit_ptr = logits.const_data_ptr<scalar_t>();
@@ -89,17 +115,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pos_embed_backward(const at::Tens
         for (int64_t m = 0; m < M; ++m) {
           const int64_t r = bn * M + m;
           const scalar_t pt_x = pts_ptr[2 * r], pt_y = pts_ptr[2 * r + 1];
-          const scalar_t p[2] = {bx[1] + scalar_t(0.5) * bx[3] * pt_y, bx[0] + scalar_t(0.5) * bx[2] * pt_x};
-          scalar_t g_p[2] = {0, 0};  // d loss / d (py, px)
-          for (int64_t k = 0; k < D; ++k) {
-            const int64_t axis = k < half ? 0 : 1, kk = k - axis * half;
-            scalar_t de_dp;
-            const scalar_t e = sine_feature(p[axis], kk, inv[kk], &de_dp);
-            const scalar_t s = sigmoid(logit_ptr[r * D + k]);
-            const scalar_t go = grad_ptr[r * D + k];
-            glogit_ptr[r * D + k] = go * e * s * (scalar_t(1) - s);
-            g_p[axis] += go * s * de_dp;
-          }
+          const scalar_t px = bx[0] + scalar_t(0.5) * bx[2] * pt_x, py = bx[1] + scalar_t(0.5) * bx[3] * pt_y;
+          // d loss / d (py, px): y features come first in each row
+          const scalar_t g_p[2] = {
+              embed_coordinate_backward(py, freq, half, logit_ptr + r * D, grad_ptr + r * D, glogit_ptr + r * D),
+              embed_coordinate_backward(px, freq, half, logit_ptr + r * D + half, grad_ptr + r * D + half,
+                                        glogit_ptr + r * D + half)};
           gpts_ptr[2 * r] = g_p[1] * scalar_t(0.5) * bx[2];
           gpts_ptr[2 * r + 1] = g_p[0] * scalar_t(0.5) * bx[3];
           g_cx += g_p[1];

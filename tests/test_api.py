@@ -1,0 +1,154 @@
+"""Argument validation (every backend rejects bad input with a message naming the argument), backend selection
+and the fallback without the extension."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import samdetr_ops
+
+f32, f64 = torch.float32, torch.float64
+
+
+def _good(dtype=f32):
+    B, C, H, W, N, M, D = 2, 4, 6, 7, 3, 5, 8
+    return dict(features=torch.randn(B, C, H, W, dtype=dtype), boxes=torch.rand(B, N, 4, dtype=dtype) * 5,
+                points=torch.rand(B, N, M, 2, dtype=dtype) * 2 - 1, weight_logits=torch.randn(B, N, M, C, dtype=dtype),
+                cxcywh=torch.rand(B, N, 4, dtype=dtype), embed_logits=torch.randn(B, N, M, D, dtype=dtype))
+
+
+def _roi(**over):
+    a = {**_good(), **over}
+    return lambda: samdetr_ops.roi_align(a["features"], a["boxes"], a.get("output_size", 7),
+                                         sampling_ratio=a.get("sampling_ratio", -1))
+
+
+def _sem(**over):
+    a = {**_good(), **over}
+    return lambda: samdetr_ops.semantic_align(a["features"], a["boxes"], a["points"], a["weight_logits"],
+                                              a.get("output_size", 7))
+
+
+def _pos(**over):
+    a = {**_good(), **over}
+    return lambda: samdetr_ops.salient_point_pos_embed(a["cxcywh"], a["points"], a["embed_logits"])
+
+
+BAD = [
+    (_roi(features=torch.randn(4, 6, 7)), ValueError, r"`features` must have shape \(B, C, H, W\), got \(4, 6, 7\)"),
+    (_roi(boxes=torch.rand(2, 3, 5)), ValueError, r"`boxes` must have shape \(B, N, 4\), got \(2, 3, 5\)"),
+    (_roi(boxes=torch.rand(3, 3, 4)), ValueError, r"`boxes` must have shape \(B, N, 4\) with B = 2"),
+    (_roi(boxes=torch.rand(2, 3, 4, dtype=f64)), TypeError, r"`boxes` must have the same dtype as `features`"),
+    (_roi(features=torch.randint(0, 5, (2, 4, 6, 7))), TypeError, r"`features` must be a floating-point tensor"),
+    (_roi(output_size=0), ValueError, r"`output_size` must be >= 1, got 0"),
+    (_roi(sampling_ratio=0), ValueError, r"`sampling_ratio` must be a positive int or -1"),
+    (_roi(boxes=[[0, 0, 1, 1]]), TypeError, r"`boxes` must be a torch.Tensor"),
+    (_sem(points=torch.rand(2, 3, 5, 3)), ValueError, r"`points` must have shape \(B, N, M, 2\), got \(2, 3, 5, 3\)"),
+    (_sem(points=torch.rand(2, 4, 5, 2)), ValueError, r"`points` must have shape \(B, N, M, 2\) with B, N = \(2, 3\)"),
+    (_sem(weight_logits=torch.randn(2, 3, 5, 6)), ValueError, r"`weight_logits` must have shape \(B, N, M, C\) with C"),
+    (_sem(weight_logits=torch.randn(2, 3, 4, 4)), ValueError, r"with B, N, M = \(2, 3, 5\)"),
+    (_sem(weight_logits=torch.randn(2, 3, 5, 4, dtype=f64)), TypeError, r"`weight_logits` must have the same dtype"),
+    (_sem(points=torch.rand(2, 3, 5, 2, dtype=torch.float16)), TypeError, r"`points` must have the same dtype"),
+    (_pos(embed_logits=torch.randn(2, 3, 5, 7)), ValueError, r"even last dimension D .*got D = 7"),
+    (_pos(cxcywh=torch.rand(2, 3, 2)), ValueError, r"`boxes_cxcywh` must have shape \(B, N, 4\)"),
+    (_pos(points=torch.rand(2, 3, 4, 2)), ValueError, r"`weight_logits` must have shape \(B, N, M, D\) with B, N, M"),
+    (_pos(cxcywh=torch.rand(2, 3, 4, dtype=f64)), TypeError, r"`points` must have the same dtype as `boxes_cxcywh`"),
+]
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("call,error,message", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_input_raises_a_clear_error(backend, call, error, message):
+    with samdetr_ops.use_backend(backend), pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.skipif(not samdetr_ops.has_extension(), reason="compiled extension not built")
+@pytest.mark.parametrize("call,error,message", [
+    (lambda g: torch.ops.samdetr_ops.roi_align(g["features"], g["boxes"][:, :, :3]), ValueError,
+     r"`boxes` must have shape \(B, N, 4\)"),
+    (lambda g: torch.ops.samdetr_ops.semantic_align(g["features"], g["boxes"], g["points"], g["weight_logits"][..., :3]),
+     ValueError, r"`weight_logits` must have shape \(B, N, M, C\)"),
+    (lambda g: torch.ops.samdetr_ops.salient_point_pos_embed(g["cxcywh"], g["points"], g["embed_logits"][..., :7]),
+     ValueError, r"even last dimension"),
+    (lambda g: torch.ops.samdetr_ops.roi_align(g["features"].half(), g["boxes"].half()), TypeError,
+     r"the CPU kernel supports float32 and float64"),
+    (lambda g: torch.ops.samdetr_ops.roi_align_backward(torch.randn(2, 3, 4, 7, 7), g["boxes"], [2, 4, 6], 7, 1.0, -1,
+                                                        True), ValueError, r"`feature_shape` must be \(B, C, H, W\)"),
+], ids=["roi", "semantic", "pos", "half-on-cpu", "feature-shape"])
+def test_direct_op_calls_are_checked_in_cpp(call, error, message):
+    """torch.ops.samdetr_ops.* bypasses the Python checks: the kernels check again, and never read out of bounds."""
+    with pytest.raises(error, match=message):
+        call(_good())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_devices_are_rejected():
+    g = _good()
+    with pytest.raises(ValueError, match=r"`boxes` must be on the same device as `features`"):
+        samdetr_ops.roi_align(g["features"].cuda(), g["boxes"])
+
+
+def test_use_backend_is_a_setter_and_a_context_manager():
+    start = samdetr_ops.current_backend()
+    with samdetr_ops.use_backend("reference"):
+        assert samdetr_ops.current_backend() == "reference"
+        with samdetr_ops.use_backend("auto"):
+            assert samdetr_ops.current_backend() == "auto"
+        assert samdetr_ops.current_backend() == "reference"
+    assert samdetr_ops.current_backend() == start
+    previous = samdetr_ops.use_backend("reference")
+    try:
+        assert samdetr_ops.current_backend() == "reference"
+    finally:
+        previous.__exit__(None, None, None)
+    assert samdetr_ops.current_backend() == start
+    with pytest.raises(ValueError, match="unknown backend 'fastest'"):
+        samdetr_ops.use_backend("fastest")
+
+
+def test_reference_backend_runs_the_reference():
+    g = _good(f64)
+    with samdetr_ops.use_backend("reference"):
+        out = samdetr_ops.semantic_align(g["features"], g["boxes"], g["points"], g["weight_logits"])
+    expected = samdetr_ops.reference.semantic_align(g["features"], g["boxes"], g["points"], g["weight_logits"])
+    assert torch.equal(out, expected)
+
+
+def _python(code, **env):
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_without_the_extension_auto_falls_back_with_one_warning_and_cpp_raises():
+    code = """
+        import sys, warnings, torch
+        sys.modules["samdetr_ops._C"] = None  # makes `from . import _C` fail as if it was never built
+        import samdetr_ops
+        assert not samdetr_ops.has_extension()
+        f, b = torch.randn(1, 2, 5, 5), torch.tensor([[[0.0, 0.0, 3.0, 3.0]]])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            samdetr_ops.roi_align(f, b); samdetr_ops.roi_align(f, b)
+        assert len(caught) == 1 and "falling back to the unfused reference" in str(caught[0].message), caught
+        try:
+            with samdetr_ops.use_backend("cpp"):
+                samdetr_ops.roi_align(f, b)
+        except RuntimeError as e:
+            assert "backend 'cpp' cannot run roi_align on cpu: the compiled extension is not built" in str(e), e
+        else:
+            raise AssertionError("cpp backend did not raise")
+        print("ok")
+    """
+    result = _python(code)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_backend_from_environment():
+    assert _python("import samdetr_ops; print(samdetr_ops.current_backend())",
+                   SAMDETR_OPS_BACKEND="reference").stdout.strip() == "reference"
+    result = _python("import samdetr_ops", SAMDETR_OPS_BACKEND="bogus")
+    assert result.returncode != 0 and "unknown backend 'bogus'" in result.stderr

@@ -1,0 +1,68 @@
+"""samdetr_ops.salient_point_pos_embed against the unfused sine embedding * sigmoid sequence."""
+import pytest
+import torch
+
+import samdetr_ops
+from samdetr_ops import reference
+from helpers import (BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_cxcywh,
+                     make_points, randn, use)
+
+
+def _inputs(g, B, N, M, D, spread, dtype, device):
+    boxes = make_cxcywh(g, B, N, dtype, device).requires_grad_()
+    points = make_points(g, B, N, M, spread, dtype, device).requires_grad_()
+    logits = randn(g, B, N, M, D).to(device=device, dtype=dtype).requires_grad_()
+    return boxes, points, logits
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("B,N,M,D", [(2, 7, 8, 256), (1, 3, 5, 6), (3, 2, 1, 2), (2, 4, 3, 34)], ids=str)
+@pytest.mark.parametrize("temperature", [10000.0, 20.0])
+@pytest.mark.parametrize("spread", [1.0, 1.5])
+def test_forward_and_backward_match_reference(device, backend, dtype, B, N, M, D, temperature, spread):
+    g = generator("pos_embed", device, dtype, B, N, M, D, temperature, spread)
+    inputs = _inputs(g, B, N, M, D, spread, dtype, device)
+    with use(backend):
+        out = samdetr_ops.salient_point_pos_embed(*inputs, temperature)
+    expected = reference.salient_point_pos_embed(*inputs, temperature)
+    assert out.shape == (B, N, M, D) and out.dtype == dtype
+    assert_close(out, expected, FORWARD_TOL[dtype], "forward")
+    grad = randn(g, B, N, M, D).to(device=device, dtype=dtype)
+    grads = torch.autograd.grad(out, inputs, grad)
+    expected_grads = torch.autograd.grad(expected, inputs, grad)
+    for name, actual, wanted in zip(("boxes_cxcywh", "points", "weight_logits"), grads, expected_grads):
+        # d/d p of sin(p * 2 pi * f) is O(2 pi) with f up to 1, summed over D/2 features: scale the bound
+        tol = {k: v * (D if name != "weight_logits" else 1) for k, v in BACKWARD_TOL[dtype].items()}
+        assert_close(actual, wanted, tol, f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("D", [2, 6, 8])
+def test_gradcheck_float64(backend, D):
+    g = generator("pos_embed gradcheck", D)
+    inputs = _inputs(g, 2, 3, 4, D, 1.0, torch.float64, "cpu")
+    with use(backend):
+        assert torch.autograd.gradcheck(lambda *t: samdetr_ops.salient_point_pos_embed(*t, 50.0), inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,N,M,D", [(0, 3, 8, 4), (2, 0, 8, 4), (2, 3, 0, 4), (2, 3, 8, 0)])
+def test_zero_size(device, B, N, M, D):
+    g = generator("pos_embed zero", device, B, N, M, D)
+    inputs = _inputs(g, B, N, M, D, 1.0, torch.float32, device)
+    out = samdetr_ops.salient_point_pos_embed(*inputs)
+    assert out.shape == (B, N, M, D)
+    grads = torch.autograd.grad(out.sum(), inputs, allow_unused=True)
+    for grad, t in zip(grads, inputs):
+        assert grad is None or (grad.shape == t.shape and torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_is_deterministic(device):
+    g = generator("pos_embed determinism", device)
+    inputs = _inputs(g, 2, 100, 8, 256, 1.0, torch.float32, device)
+    first = torch.autograd.grad(samdetr_ops.salient_point_pos_embed(*inputs).sum(), inputs)
+    again = torch.autograd.grad(samdetr_ops.salient_point_pos_embed(*inputs).sum(), inputs)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))

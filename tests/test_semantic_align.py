@@ -1,0 +1,125 @@
+"""samdetr_ops.semantic_align against the unfused roi_align -> grid_sample -> permute -> sigmoid-mul sequence."""
+import pytest
+import torch
+
+import samdetr_ops
+from samdetr_ops import reference
+from helpers import (BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_boxes,
+                     make_features, make_points, randn, use)
+
+SHAPES = [  # B, C, H, W, N, M, S
+    (2, 8, 13, 17, 5, 8, 7),
+    (1, 3, 4, 4, 3, 1, 1),     # a 1x1 RoI grid
+    (3, 37, 9, 6, 4, 5, 4),    # channels not a multiple of the CPU channel block
+]
+
+
+def _inputs(g, shape, layout, kind, spread, scale, dtype, device):
+    B, C, H, W, N, M, S = shape
+    features = make_features(g, B, C, H, W, layout, dtype, device).requires_grad_()
+    boxes = make_boxes(g, B, N, H, W, scale, kind, dtype, device)
+    points = make_points(g, B, N, M, spread, dtype, device).requires_grad_()
+    logits = randn(g, B, N, M, C).to(device=device, dtype=dtype).requires_grad_()
+    return features, boxes, points, logits
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+@pytest.mark.parametrize("kind", ["mixed", "tiny", "huge", "outside", "flipped"])
+@pytest.mark.parametrize("spread", [1.0, 1.6], ids=["in-grid", "beyond-grid"])
+@pytest.mark.parametrize("aligned,sampling_ratio,spatial_scale", [(True, -1, 1.0), (False, 2, 0.25)])
+def test_forward_and_backward_match_reference(device, backend, dtype, shape, layout, kind, spread, aligned,
+                                              sampling_ratio, spatial_scale):
+    S = shape[-1]
+    g = generator("semantic_align", device, dtype, shape, layout, kind, spread, aligned, sampling_ratio)
+    inputs = _inputs(g, shape, layout, kind, spread, spatial_scale, dtype, device)
+    args = (S, spatial_scale, sampling_ratio, aligned)
+    with use(backend):
+        out = samdetr_ops.semantic_align(*inputs, *args)
+    expected = reference.semantic_align(*inputs, *args)
+    assert out.shape == inputs[3].shape and out.dtype == dtype
+    assert_close(out, expected, FORWARD_TOL[dtype], "forward")
+    grad = randn(g, *out.shape).to(device=device, dtype=dtype)
+    differentiable = (inputs[0], inputs[2], inputs[3])
+    grads = torch.autograd.grad(out, differentiable, grad)
+    expected_grads = torch.autograd.grad(expected, differentiable, grad)
+    for name, actual, wanted in zip(("features", "points", "weight_logits"), grads, expected_grads):
+        assert_close(actual, wanted, BACKWARD_TOL[dtype], f"grad {name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("aligned,sampling_ratio", [(True, -1), (False, 2)])
+def test_gradcheck_float64(backend, aligned, sampling_ratio):
+    g = generator("semantic_align gradcheck", aligned, sampling_ratio)
+    features, boxes, points, logits = _inputs(g, (2, 3, 6, 7, 3, 4, 4), "channels_last", "mixed", 1.2, 1.0,
+                                              torch.float64, "cpu")
+    fn = lambda f, p, l: samdetr_ops.semantic_align(f, boxes, p, l, 4, 1.0, sampling_ratio, aligned)  # noqa: E731
+    with use(backend):
+        assert torch.autograd.gradcheck(fn, (features, points, logits))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wanted", [(True, False, False), (False, True, False), (False, False, True)],
+                         ids=["features", "points", "logits"])
+def test_partial_gradients(device, wanted):
+    """Only the gradients asked for are computed (the op's output_mask), and they equal the full backward's."""
+    g = generator("semantic_align partial", device, wanted)
+    features, boxes, points, logits = _inputs(g, (2, 16, 8, 9, 6, 8, 7), "channels_last", "mixed", 1.1, 1.0,
+                                              torch.float64, device)
+    full = torch.autograd.grad(samdetr_ops.semantic_align(features, boxes, points, logits).sum(),
+                               (features, points, logits))
+    chosen = [t for t, w in zip((features, points, logits), wanted) if w]
+    partial = torch.autograd.grad(samdetr_ops.semantic_align(features, boxes, points, logits).sum(), chosen)
+    assert torch.equal(partial[0], [f for f, w in zip(full, wanted) if w][0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nonfinite_and_absurd_inputs_are_safe(device):
+    g = generator("semantic_align absurd", device)
+    features, boxes, points, logits = _inputs(g, (1, 4, 8, 8, 6, 4, 7), "channels_last", "mixed", 1.0, 1.0,
+                                              torch.float64, device)
+    boxes = boxes.clone()
+    boxes[0, 0] = float("nan")
+    boxes[0, 1] = torch.tensor([-1e9, -1e9, 1e9, 1e9])
+    boxes[0, 2, 2] = float("inf")
+    points = points.detach().clone()
+    points[0, 3, 0] = float("nan")
+    points[0, 3, 1] = torch.tensor([1e30, -1e30])
+    points[0, 3, 2] = torch.tensor([float("inf"), 0.0])
+    points.requires_grad_()
+    out = samdetr_ops.semantic_align(features, boxes, points, logits)
+    assert torch.isfinite(out).all()
+    assert (out[0, 0] == 0).all() and (out[0, 2] == 0).all(), "non-finite boxes give zeros"
+    assert (out[0, 3, :3] == 0).all(), "points off the grid (or NaN) give zeros"
+    grads = torch.autograd.grad(out.sum(), (features, points, logits))
+    assert all(torch.isfinite(t).all() for t in grads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,N,M,C,H", [(0, 3, 8, 4, 5), (2, 0, 8, 4, 5), (2, 3, 0, 4, 5), (2, 3, 8, 0, 5),
+                                       (2, 3, 8, 4, 0)])
+def test_zero_size(device, B, N, M, C, H):
+    g = generator("semantic_align zero", device, B, N, M, C, H)
+    features, boxes, points, logits = _inputs(g, (B, C, H, 5, N, M, 7), "contiguous", "mixed", 1.0, 1.0,
+                                              torch.float32, device)
+    out = samdetr_ops.semantic_align(features, boxes, points, logits)
+    assert out.shape == (B, N, M, C)
+    assert_close(out, reference.semantic_align(features, boxes, points, logits), FORWARD_TOL[torch.float32], "fwd")
+    grads = torch.autograd.grad(out.sum(), (features, points, logits), allow_unused=True)
+    for grad, t in zip(grads, (features, points, logits)):
+        assert grad is None or (grad.shape == t.shape and torch.isfinite(grad).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_is_deterministic(device):
+    g = generator("semantic_align determinism", device)
+    inputs = _inputs(g, (2, 64, 16, 16, 50, 8, 7), "channels_last", "mixed", 1.0, 1.0, torch.float32, device)
+    grad = randn(g, 2, 50, 8, 64).to(device=device, dtype=torch.float32)
+    differentiable = (inputs[0], inputs[2], inputs[3])
+    first = torch.autograd.grad(samdetr_ops.semantic_align(*inputs), differentiable, grad)
+    for _ in range(3):
+        again = torch.autograd.grad(samdetr_ops.semantic_align(*inputs), differentiable, grad)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
