@@ -45,8 +45,10 @@ def current_backend() -> str:
 
 
 def _triton_impl(op, device):
-    from . import triton as triton_backend  # imported lazily: Triton is optional
-
+    try:
+        from . import triton as triton_backend  # imported lazily: Triton is optional
+    except ImportError as error:
+        raise RuntimeError(f"samdetr_ops: backend 'triton' is unavailable: {error}") from error
     impl = triton_backend.get(op, device)
     if impl is None:
         raise RuntimeError(f"samdetr_ops: backend 'triton' cannot run {op} on {device.type}: "

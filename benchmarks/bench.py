@@ -1,0 +1,393 @@
+"""Fused vs unfused: latency, autograd-saved memory and (on CUDA) peak memory and the bandwidth floor.
+
+    python -m benchmarks.bench                 # --quick: a few SAM-DETR shapes, minutes on a 2-core CPU
+    python -m benchmarks.bench --full          # every SAM-DETR shape (N 100/300/900, B 1/4/8, 25x38 and 50x76)
+    python -m benchmarks.bench --ops semantic_align --modes forward+backward --dtype bfloat16 --backend cpp
+
+Variants: each fused backend available here (cpp, triton), the eager reference sequence ("reference") and
+torch.compile of it ("compiled-ref"). Every variant's output is checked against the eager reference before it
+is timed. Results: a table on stdout (speed-up = eager reference time / variant time), one CSV row per
+measurement and a PNG plot under benchmarks/results/.
+"""
+import argparse
+import csv
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+import samdetr_ops
+from samdetr_ops.nn import SemanticAligner
+from benchmarks import cases
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+INPUT_SETS = 3  # inputs rotate through this many independent sets, so no cache holds one set for every call
+CHECK_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: dict(atol=1e-9, rtol=1e-9),
+             # one bf16 rounding of values of magnitude ~3 is 2^-8 * 3 ~ 1e-2; half likewise at 2^-11
+             torch.bfloat16: dict(atol=5e-2, rtol=2e-2), torch.float16: dict(atol=1e-2, rtol=5e-3)}
+
+
+# ----------------------------------------------------------------------------------------------------- timing
+def time_cpu(fn, min_run_time):
+    from torch.utils import benchmark
+    fn()  # warm-up
+    # Timer runs single-threaded unless told otherwise; measure with the threads torch uses.
+    timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    times = sorted(m.times)
+    q = lambda p: times[min(len(times) - 1, int(p * len(times)))] * 1e3  # noqa: E731
+    return m.median * 1e3, q(0.2), q(0.8)
+
+
+def time_cuda(fn):
+    try:
+        from triton.testing import do_bench
+        p50, p20, p80 = do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
+        return p50, p20, p80
+    except ImportError:  # CUDA events
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(50):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        times.sort()
+        return times[len(times) // 2], times[len(times) // 5], times[4 * len(times) // 5]
+
+
+def copy_bandwidth(device):
+    """Bytes/s of a large device-to-device copy (read + write), measured now, on this card."""
+    x = torch.empty(256 * 2**20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    ms, _, _ = time_cuda(lambda: y.copy_(x))
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def launch_time(device):
+    x = torch.empty(1, device=device)
+    ms, _, _ = time_cuda(lambda: x.zero_())
+    return ms
+
+
+# ----------------------------------------------------------------------------------------------------- memory
+def saved_bytes(run, inputs):
+    """Bytes autograd keeps for backward during `run()`: (all saved storages, those that are not the inputs')."""
+    seen = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = run()
+    input_ptrs = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
+    del out
+    return sum(seen.values()), sum(v for k, v in seen.items() if k not in input_ptrs)
+
+
+def peak_bytes(run, device):
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+# --------------------------------------------------------------------------------------------------- variants
+def variants(op, device, wanted, compile_ref):
+    """name -> implementation module (an object with roi_align / semantic_align / salient_point_pos_embed)."""
+    out = {"reference": cases.ReferenceOps}
+    if compile_ref:
+        out["compiled-ref"] = "compile"
+    for backend in ("cpp", "triton"):
+        try:
+            with samdetr_ops.use_backend(backend):
+                samdetr_ops._backend.resolve(op if op != "aligner_block" else "semantic_align", device)
+            out[backend] = cases.BackendOps(backend)
+        except RuntimeError:
+            pass
+    return {k: v for k, v in out.items() if wanted is None or k in wanted or k == "reference"}
+
+
+def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cache):
+    """A zero-argument callable doing one measured step (rotating input sets), and the first set's output."""
+    if op == "aligner_block":
+        return build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache)
+    call, grad_names = cases.op_call(op)
+    if impl == "compile":
+        key = (op, mode)
+        if key not in compiled_cache:
+            compiled_cache[key] = torch.compile(lambda x: call(cases.ReferenceOps, x), dynamic=False)
+        fn = compiled_cache[key]
+    else:
+        fn = lambda x: call(impl, x)  # noqa: E731
+    prepared = []
+    for x in input_sets:
+        x = dict(x)
+        if mode != "inference":
+            for n in grad_names:
+                x[n] = x[n].detach().requires_grad_()
+        prepared.append(x)
+    state = {"i": 0}
+
+    def step():
+        x = prepared[state["i"] % len(prepared)]
+        state["i"] += 1
+        if mode == "inference":
+            with torch.no_grad():
+                return fn(x)
+        out = fn(x)
+        if mode == "forward+backward":
+            # autograd.grad returns fresh gradients: nothing accumulates between runs
+            torch.autograd.grad(out, [x[n] for n in grad_names], torch.ones_like(out))
+        return out
+
+    def first_output():
+        x = prepared[0]
+        with torch.no_grad():
+            return fn(x)
+
+    return step, first_output, [prepared[0][n] for n in grad_names] + list(prepared[0].values())
+
+
+def build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache):
+    """SAM-DETR's semantics aligner block (roi_align -> point ConvNet/MLP -> salient-point sampling ->
+    reweighting -> position embedding) on the fused ops (a backend) or on the reference ops."""
+    backend = "reference" if impl is cases.ReferenceOps else (None if impl == "compile" else impl.backend)
+    key = ("block", shape.C, shape.M, device, dtype)
+    if key not in compiled_cache:
+        torch.manual_seed(0)
+        compiled_cache[key] = SemanticAligner(shape.C, shape.M).to(device=device, dtype=dtype)
+    block = compiled_cache[key]
+    if backend is None:
+        ckey = ("block-compiled", key, mode)
+        if ckey not in compiled_cache:
+            def ref_block(*args):
+                with samdetr_ops.use_backend("reference"):
+                    return block(*args)
+            compiled_cache[ckey] = torch.compile(ref_block, dynamic=False)
+        forward = compiled_cache[ckey]
+    else:
+        def forward(*args):
+            with samdetr_ops.use_backend(backend):
+                return block(*args)
+    prepared = [(x["features"].detach().requires_grad_(mode != "inference"), x["cxcywh"],
+                 x["query"].detach().requires_grad_(mode != "inference")) for x in input_sets]
+    params = list(block.parameters())
+    state = {"i": 0}
+
+    def step():
+        memory, ref_boxes, query = prepared[state["i"] % len(prepared)]
+        state["i"] += 1
+        if mode == "inference":
+            with torch.no_grad():
+                return forward(memory, ref_boxes, query)
+        q, pos, _ = forward(memory, ref_boxes, query)
+        if mode == "forward+backward":
+            torch.autograd.grad((q.sum() + pos.sum(),), [memory, query] + params)
+        return q
+
+    def first_output():
+        with torch.no_grad():
+            q, pos, _ = forward(*prepared[0])
+            return torch.cat([q, pos], -1)
+
+    return step, first_output, list(prepared[0]) + params
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def environment(device):
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    if device.type == "cpu":
+        card = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(RESULTS)).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    return dict(device=device.type, card=card, torch=torch.__version__, cuda=torch.version.cuda or "none",
+                commit=commit)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument("--quick", dest="preset", action="store_const", const="quick", help="default")
+    preset.add_argument("--full", dest="preset", action="store_const", const="full")
+    p.add_argument("--device", default=None, help="cuda when present, else cpu")
+    p.add_argument("--ops", nargs="+", default=list(cases.OPS), choices=cases.OPS)
+    p.add_argument("--modes", nargs="+", default=list(cases.MODES), choices=cases.MODES)
+    p.add_argument("--dtype", nargs="+", default=None,
+                   help="float32 on CPU; float32 and bfloat16 on CUDA by default")
+    p.add_argument("--backend", nargs="+", default=None,
+                   help="variants to time besides the eager reference: cpp triton compiled-ref (default: all)")
+    p.add_argument("--min-run-time", type=float, default=None, help="seconds per CPU measurement")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+    args.preset = args.preset or "quick"
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtypes = [getattr(torch, d) for d in (args.dtype or (["float32", "bfloat16"] if device.type == "cuda"
+                                                          else ["float32"]))]
+    min_run_time = args.min_run_time or (0.5 if args.preset == "quick" else 1.0)
+    env = environment(device)
+    compile_ref = args.backend is None or "compiled-ref" in args.backend
+    floor_bw = copy_bandwidth(device) if device.type == "cuda" else None
+    floor_launch = launch_time(device) if device.type == "cuda" else None
+
+    tasks = [(op, shape, dtype, mode) for op in args.ops for shape in cases.shapes(device.type, args.preset)
+             for dtype in dtypes for mode in args.modes]
+    try:
+        from tqdm import tqdm
+        progress = tqdm(total=len(tasks), file=sys.stderr, desc="bench", dynamic_ncols=True)
+    except ImportError:
+        progress = None
+    rows, compiled_cache, failures = [], {}, []
+    input_cache = {}
+    for op, shape, dtype, mode in tasks:
+        if progress:
+            progress.set_postfix_str(f"{op} {shape} {str(dtype)[6:]} {mode}")
+        key = (shape, dtype)
+        if key not in input_cache:
+            input_cache.clear()
+            input_cache[key] = [cases.make_inputs(shape, device, dtype, seed) for seed in range(INPUT_SETS)]
+        input_sets = input_cache[key]
+        impls = variants(op, device, args.backend, compile_ref)
+        expected = None
+        for name, impl in impls.items():
+            try:
+                step, first_output, held = build_runner(op, impl, shape, device, dtype, mode, input_sets,
+                                                        compiled_cache)
+                out = first_output()
+                if expected is None:
+                    expected = out
+                else:
+                    torch.testing.assert_close(out.float(), expected.float(), **CHECK_TOL[dtype])
+            except Exception as error:  # a variant that fails its check is reported, not timed
+                failures.append(f"{op} {shape} {dtype} {mode} {name}: {type(error).__name__}: {error}"[:400])
+                continue
+            if device.type == "cuda":
+                median, p20, p80 = time_cuda(step)
+            else:
+                median, p20, p80 = time_cpu(step, min_run_time)
+            saved_all, saved_extra = (saved_bytes(step, held) if mode != "inference" else (0, 0))
+            floor = None
+            if floor_bw and mode != "forward+backward" and op != "aligner_block":
+                floor = max(floor_launch, cases.min_bytes(op, shape, dtype.itemsize) / floor_bw * 1e3)
+            rows.append(dict(env, timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"), op=op, variant=name, mode=mode, dtype=str(dtype).replace("torch.", ""),
+                B=shape.B, N=shape.N, M=shape.M, C=shape.C, H=shape.H, W=shape.W, median_ms=median,
+                p20_ms=p20, p80_ms=p80, saved_bytes=saved_all, saved_beyond_inputs_bytes=saved_extra,
+                peak_bytes=peak_bytes(step, device), floor_ms=floor))
+        if progress:
+            progress.update()
+    if progress:
+        progress.close()
+    add_speedups(rows)
+    print_table(rows, env)
+    os.makedirs(args.out, exist_ok=True)
+    slug = "cpu" if device.type == "cpu" else env["card"].replace(" ", "-").replace("/", "-")
+    path = os.path.join(args.out, f"bench-{slug}.csv")
+    write_csv(rows, path)
+    print(f"\nCSV: {os.path.relpath(path)}")
+    if not args.no_plot:
+        png = path[:-4] + ".png"
+        plot(rows, png, env)
+        print(f"plot: {os.path.relpath(png)}")
+    if failures:
+        print("\nFAILED CHECKS (not timed):\n  " + "\n  ".join(failures))
+        return 1
+    return 0
+
+
+def add_speedups(rows):
+    ref = {(r["op"], r["mode"], r["dtype"], r["B"], r["N"], r["H"], r["W"]): r for r in rows
+           if r["variant"] == "reference"}
+    for r in rows:
+        base = ref.get((r["op"], r["mode"], r["dtype"], r["B"], r["N"], r["H"], r["W"]))
+        r["speedup_vs_eager"] = base["median_ms"] / r["median_ms"] if base else None
+        r["saved_ratio_vs_eager"] = (base["saved_bytes"] / r["saved_bytes"]
+                                     if base and r["saved_bytes"] else None)
+
+
+def print_table(rows, env):
+    print(f"\nsamdetr_ops benchmark on {env['card']} (torch {env['torch']}, CUDA {env['cuda']}, "
+          f"commit {env['commit']})")
+    print("time: median ms [20%-80%]; speed-up vs the eager reference; saved: MB autograd keeps for backward")
+    header = f"{'op':<24}{'shape':<18}{'dtype':<9}{'mode':<17}{'variant':<13}{'time ms':>22}{'speed-up':>10}" \
+             f"{'saved MB':>10}{'peak MB':>9}{'x floor':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        shape = f"B{r['B']} N{r['N']} {r['H']}x{r['W']}"
+        t = f"{r['median_ms']:.3f} [{r['p20_ms']:.3f}-{r['p80_ms']:.3f}]"
+        sp = f"{r['speedup_vs_eager']:.2f}x" if r["speedup_vs_eager"] else "-"
+        saved = f"{r['saved_bytes'] / 2**20:.1f}" if r["mode"] != "inference" else "-"
+        peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] is not None else "-"
+        floor = f"{r['median_ms'] / r['floor_ms']:.1f}" if r["floor_ms"] else "-"
+        print(f"{r['op']:<24}{shape:<18}{r['dtype']:<9}{r['mode']:<17}{r['variant']:<13}{t:>22}{sp:>10}"
+              f"{saved:>10}{peak:>9}{floor:>8}")
+
+
+def write_csv(rows, path):
+    if not rows:
+        return
+    fields = list(rows[0].keys())
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def plot(rows, path, env):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ops = list(dict.fromkeys(r["op"] for r in rows))
+    fig, axes = plt.subplots(len(ops), 2, figsize=(15, 3.2 * len(ops)), squeeze=False)
+    for row_axes, op in zip(axes, ops):
+        op_rows = [r for r in rows if r["op"] == op]
+        groups = list(dict.fromkeys(f"B{r['B']} N{r['N']} {r['H']}x{r['W']}\n{r['dtype']} {r['mode']}"
+                                    for r in op_rows))
+        names = [v for v in dict.fromkeys(r["variant"] for r in op_rows)]
+        width = 0.8 / max(1, len(names))
+        for panel, (ax, metric) in enumerate(zip(row_axes, ("speedup_vs_eager", "saved_ratio_vs_eager"))):
+            for i, name in enumerate(names):
+                values = []
+                for grp in groups:
+                    match = [r for r in op_rows if r["variant"] == name and
+                             f"B{r['B']} N{r['N']} {r['H']}x{r['W']}\n{r['dtype']} {r['mode']}" == grp]
+                    values.append((match[0][metric] or 0) if match else 0)
+                ax.bar([g + i * width for g in range(len(groups))], values, width, label=name)
+            ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))])
+            ax.set_xticklabels(groups, fontsize=6)
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_title(f"{op}: " + ("speed-up vs eager reference" if panel == 0
+                                      else "autograd-saved memory, reference / variant"), fontsize=9)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"samdetr_ops on {env['card']} (torch {env['torch']}, commit {env['commit']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Benchmark cases: shapes from SAM-DETR configurations and the variants (implementations) of each op.
+
+Shapes: an 800 x 1216 image gives a stride-32 map of 25 x 38 (SAM-DETR) and a stride-16 map of 50 x 76 (the DC5
+variant); N = 100 / 300 / 900 queries (SAM-DETR uses 300, its SMCA variant 300, 900 appears in DINO-style
+setups); M = 8 heads; C = 256.
+"""
+import dataclasses
+import itertools
+
+import torch
+
+import samdetr_ops
+from samdetr_ops import reference
+
+OPS = ("semantic_align", "roi_align", "salient_point_pos_embed", "aligner_block")
+MODES = ("forward", "forward+backward", "inference")
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    B: int
+    N: int
+    H: int
+    W: int
+    M: int = 8
+    C: int = 256
+
+    def __str__(self):
+        return f"B{self.B} N{self.N} {self.H}x{self.W}"
+
+
+def shapes(device: str, preset: str):
+    if preset == "quick":
+        if device == "cpu":  # the foundation issue's shape, and SAM-DETR's stride-32 map at batch 1
+            return [Shape(2, 300, 32, 32), Shape(1, 300, 25, 38)]
+        return [Shape(4, 300, 25, 38), Shape(4, 300, 50, 76)]
+    maps = [(25, 38), (50, 76)]
+    return [Shape(B, N, H, W) for (H, W), B, N in itertools.product(maps, (1, 4, 8), (100, 300, 900))]
+
+
+def make_inputs(shape: Shape, device, dtype, seed):
+    """One input set; features as a (B, H*W, C) encoder token tensor viewed as (B, C, H, W), boxes covering
+    realistic object sizes (5 % to 60 % of the map), points in [-1, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    B, N, H, W, M, C = shape.B, shape.N, shape.H, shape.W, shape.M, shape.C
+    tokens = torch.randn(B, H * W, C, generator=g)
+    features = tokens.transpose(1, 2).reshape(B, C, H, W)
+    size = torch.tensor([W, H], dtype=torch.float32)
+    centre = torch.rand(B, N, 2, generator=g) * size
+    wh = (torch.rand(B, N, 2, generator=g) * 0.55 + 0.05) * size
+    boxes = torch.cat([centre - wh / 2, centre + wh / 2], -1)
+    cxcywh = torch.cat([centre / size, wh / size], -1)
+    points = torch.rand(B, N, M, 2, generator=g) * 2 - 1
+    logits = torch.randn(B, N, M, C, generator=g)
+    query = torch.randn(B, N, C, generator=g)
+    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    return dict(features=cast(features), boxes=cast(boxes), cxcywh=cast(cxcywh), points=cast(points),
+                logits=cast(logits), query=cast(query))
+
+
+def op_call(op: str):
+    """(fn(impl_module, inputs) -> output, names of the differentiable inputs)."""
+    if op == "roi_align":
+        return (lambda impl, x: impl.roi_align(x["features"], x["boxes"], 7)), ("features",)
+    if op == "semantic_align":
+        return ((lambda impl, x: impl.semantic_align(x["features"], x["boxes"], x["points"], x["logits"], 7)),
+                ("features", "points", "logits"))
+    if op == "salient_point_pos_embed":
+        return ((lambda impl, x: impl.salient_point_pos_embed(x["cxcywh"], x["points"], x["logits"])),
+                ("cxcywh", "points", "logits"))
+    raise ValueError(op)
+
+
+def min_bytes(op: str, shape: Shape, itemsize: int) -> int:
+    """Bytes any forward implementation must move at least: read the inputs it needs, write the output once.
+    semantic_align: the features (each touched at most once), the logits and the output; roi_align: features,
+    output; pos embed: logits and output (boxes and points are negligible)."""
+    B, N, H, W, M, C = shape.B, shape.N, shape.H, shape.W, shape.M, shape.C
+    features, per_point = B * C * H * W, B * N * M * C
+    if op == "semantic_align":
+        return itemsize * (features + 2 * per_point)
+    if op == "roi_align":
+        return itemsize * (features + B * N * C * 49)
+    if op == "salient_point_pos_embed":
+        return itemsize * 2 * per_point
+    return 0
+
+
+class ReferenceOps:
+    """The unfused sequences, called the way the fused ops are."""
+    roi_align = staticmethod(reference.roi_align)
+    semantic_align = staticmethod(reference.semantic_align)
+    salient_point_pos_embed = staticmethod(reference.salient_point_pos_embed)
+
+
+class BackendOps:
+    """The public samdetr_ops functions under one backend."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def __getattr__(self, name):
+        fn = getattr(samdetr_ops, name)
+
+        def call(*args, **kwargs):
+            with samdetr_ops.use_backend(self.backend):
+                return fn(*args, **kwargs)
+        return call
