@@ -30,12 +30,15 @@ $(VENV)/.deps: Makefile
 	$(PY) -m pip install -q $(TORCH_SPEC) $(DEV_DEPS)
 	touch $@
 
-# ninja rebuilds only what changed; FORCE_CUDA=1 compiles the CUDA kernels without a GPU (CI does).
-samdetr_ops/.built: $(VENV)/.deps setup.py $(CSRC)
+# ninja rebuilds only what changed; FORCE_CUDA=1 compiles the CUDA kernels without a GPU (CI does). The stamp
+# names the flag, so switching it rebuilds.
+BUILT := samdetr_ops/.built-force-cuda-$(or $(FORCE_CUDA),0)
+$(BUILT): $(VENV)/.deps setup.py $(CSRC)
+	rm -f samdetr_ops/.built-*
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
-build: samdetr_ops/.built
+build: $(BUILT)
 
 test: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
@@ -43,5 +46,9 @@ test: build
 bench: build
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
+# GPU machine: its own python3 and torch (no venv, no registry), one command, about ten minutes.
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
 clean:
-	rm -rf build samdetr_ops/_C*.so samdetr_ops/.built
+	rm -rf build samdetr_ops/_C*.so samdetr_ops/.built-*

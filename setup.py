@@ -42,7 +42,7 @@ def _extension():
     sources += rel("csrc/cuda/*.cu")
     print(f"samdetr_ops: building the CPU and CUDA kernels with {CUDA_HOME} for arch "
           f"{os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')}")
-    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+    nvcc_flags = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]  # torch adds its own -std
     return CUDAExtension("samdetr_ops._C", sources, define_macros=[("SAMDETR_WITH_CUDA", "1")],
                          extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags)
 

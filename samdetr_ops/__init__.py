@@ -12,6 +12,8 @@ Public ops (each equal, up to float rounding, to the unfused sequence of the sam
     salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0)
         boxes_cxcywh (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, D) -> (B, N, M, D)
 """
+import torch
+
 from . import _checks, _ops, reference
 from ._backend import BACKENDS, current_backend, use_backend
 
@@ -25,10 +27,20 @@ def has_extension() -> bool:
     return _ops.LOADED
 
 
+def _autocast_to_float32(*tensors):
+    """Under torch.autocast every op computes in float32 (as torchvision's roi_align and grid_sample do): the
+    sampling arithmetic and box coordinates need more than float16/bfloat16 precision. Other inputs pass as is."""
+    device_type = tensors[0].device.type
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return tuple(t.float() if t.is_floating_point() else t for t in tensors)
+    return tensors
+
+
 def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
     """RoIAlign of B x N boxes: features (B, C, H, W), boxes (B, N, 4) as x1, y1, x2, y2 in input pixels
     (features are `spatial_scale` times smaller) -> (B, N, C, S, S), S = output_size. Equal to torchvision's
     roi_align on `list(boxes.unbind(0))`; differentiable in `features` only, like torchvision's."""
+    features, boxes = _autocast_to_float32(features, boxes)
     _checks.roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
     impl = _backend_resolve("roi_align", features.device)
     return impl(features, boxes, output_size, float(spatial_scale), sampling_ratio, bool(aligned))
@@ -42,6 +54,7 @@ def semantic_align(features, boxes, points, weight_logits, output_size=7, spatia
     features (B, C, H, W) (channels-last is the fast path), boxes (B, N, 4) x1 y1 x2 y2 in input pixels,
     points (B, N, M, 2) normalised (x, y) over the RoI grid, weight_logits (B, N, M, C) -> (B, N, M, C).
     Differentiable in features, points and weight_logits (not boxes)."""
+    features, boxes, points, weight_logits = _autocast_to_float32(features, boxes, points, weight_logits)
     _checks.semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio)
     impl = _backend_resolve("semantic_align", features.device)
     return impl(features, boxes, points, weight_logits, output_size, float(spatial_scale), sampling_ratio,
@@ -54,6 +67,7 @@ def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=100
 
     boxes_cxcywh (B, N, 4) normalised, points (B, N, M, 2) in [-1, 1], weight_logits (B, N, M, D), D even
     -> (B, N, M, D). Differentiable in all three tensors."""
+    boxes_cxcywh, points, weight_logits = _autocast_to_float32(boxes_cxcywh, points, weight_logits)
     _checks.pos_embed_inputs(boxes_cxcywh, points, weight_logits)
     impl = _backend_resolve("salient_point_pos_embed", boxes_cxcywh.device)
     return impl(boxes_cxcywh, points, weight_logits, float(temperature))

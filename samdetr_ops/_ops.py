@@ -126,3 +126,9 @@ if LOADED:
 
     torch.library.register_autograd("samdetr_ops::salient_point_pos_embed", _pos_embed_backward,
                                     setup_context=_pos_embed_setup_context)
+
+    # Under torch.autocast the ops compute in float32 (direct torch.ops calls too; the public functions cast
+    # before validating, so mixed-precision inputs pass their dtype checks).
+    for _op in OP_NAMES:
+        for _device_type in ("cpu", "cuda"):
+            torch.library.register_autocast(f"samdetr_ops::{_op}", _device_type, torch.float32)

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# `make gpu-check`: on a GPU machine with torch already installed (no registry there), in one go:
+#   1. build the extension (CPU + CUDA for the visible card) with that machine's python3
+#   2. run the whole test suite (CUDA cases included)
+#   3. run compute-sanitizer memcheck and racecheck over tests/sanitizer_smoke.py
+#   4. run the benchmark suite on CUDA
+# and write benchmarks/results/gpu-check-<card>.md naming the card. Each step's log is kept beside it; a failing
+# step is reported and the next one still runs. Exit status: non-zero if any step failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${GPU_PYTHON:-python3}
+export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+export FORCE_CUDA=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+results=benchmarks/results
+mkdir -p "$results"
+card=$($PY -c "import torch; print(torch.cuda.get_device_name(0))" 2>/dev/null || echo "no-gpu")
+slug=$(echo "$card" | tr ' /' '--')
+logs="$results/gpu-check-$slug"
+mkdir -p "$logs"
+report="$results/gpu-check-$slug.md"
+status=0
+declare -a summary
+
+run_step() {  # name, log file, command...
+  local name=$1 log=$2; shift 2
+  local start=$SECONDS
+  echo "== $name: $*"
+  if "$@" >"$log" 2>&1; then
+    summary+=("| $name | ok | $((SECONDS - start)) s | \`$(basename "$log")\` |")
+  else
+    summary+=("| $name | **FAILED** | $((SECONDS - start)) s | \`$(basename "$log")\` |")
+    status=1
+  fi
+  tail -n 5 "$log"
+}
+
+SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")}
+run_step build "$logs/build.log" $PY setup.py build_ext --inplace
+run_step tests "$logs/tests.log" $PY -m pytest tests -q -p no:cacheprovider
+run_step memcheck "$logs/memcheck.log" "$SANITIZER" --tool memcheck --error-exitcode 1 $PY tests/sanitizer_smoke.py
+run_step racecheck "$logs/racecheck.log" "$SANITIZER" --tool racecheck --error-exitcode 1 $PY tests/sanitizer_smoke.py
+run_step bench "$logs/bench.log" $PY -m benchmarks.bench --device cuda ${BENCH_ARGS:-}
+
+{
+  echo "# gpu-check on $card"
+  echo
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $($PY -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)')"
+  echo
+  echo "| step | result | time | log |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${summary[@]}"
+  echo
+  echo "## tests"; echo '```'; tail -n 3 "$logs/tests.log"; echo '```'
+  echo "## compute-sanitizer"; echo '```'; grep -h "ERROR SUMMARY\|RACECHECK SUMMARY\|smoke" "$logs/memcheck.log" "$logs/racecheck.log"; echo '```'
+  echo "## benchmark"; echo '```'; sed -n '/^samdetr_ops benchmark/,$p' "$logs/bench.log"; echo '```'
+} >"$report"
+echo "report: $report"
+exit $status

@@ -1,0 +1,123 @@
+// CUDA-only helpers: vector loads/stores, atomics, thread mapping and launch plumbing. The math itself comes from
+// ../samdetr_math.h, the same code the CPU kernels (and so the CPU tests) run.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cstdint>
+
+#include "../checks.h"
+#include "../samdetr_math.h"
+
+namespace samdetr {
+namespace cuda {
+
+constexpr int kThreads = 256;  // threads per block of every kernel here
+constexpr int kMaxLanes = 64;  // threads sharing one item's channels (a RoI bin, a point, ...)
+
+// VEC consecutive elements moved as one 16-byte (or smaller) memory transaction.
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Vec {
+  T v[VEC];
+};
+
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void load_vec(const T* p, A (&out)[VEC]) {
+  const Vec<T, VEC> x = *reinterpret_cast<const Vec<T, VEC>*>(p);
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) out[i] = static_cast<A>(x.v[i]);
+}
+
+template <int VEC, typename T, typename A>
+__device__ __forceinline__ void store_vec(T* p, const A (&in)[VEC]) {
+  Vec<T, VEC> x;
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) x.v[i] = static_cast<T>(in[i]);
+  *reinterpret_cast<Vec<T, VEC>*>(p) = x;
+}
+
+// The widest vector (16 bytes at most) that divides the channel count and keeps every given pointer aligned.
+inline int vector_width(int64_t channels, size_t itemsize, std::initializer_list<const void*> pointers) {
+  int vec = static_cast<int>(16 / itemsize);
+  while (vec > 1) {
+    bool ok = channels % vec == 0;
+    for (const void* p : pointers) ok = ok && reinterpret_cast<uintptr_t>(p) % (vec * itemsize) == 0;
+    if (ok) break;
+    vec /= 2;
+  }
+  return vec;
+}
+
+#define SAMDETR_DISPATCH_VEC(vec, ...)          \
+  switch (vec) {                                \
+    case 8: { constexpr int VEC = 8; __VA_ARGS__(); break; } \
+    case 4: { constexpr int VEC = 4; __VA_ARGS__(); break; } \
+    case 2: { constexpr int VEC = 2; __VA_ARGS__(); break; } \
+    default: { constexpr int VEC = 1; __VA_ARGS__(); break; } \
+  }
+
+// Items of `vectors` channel vectors each share a block: `lanes` threads per item (a power of two, at most
+// kMaxLanes; each lane loops over channel vectors lane, lane + lanes, ...), kThreads / lanes items per block.
+struct ItemTiling {
+  int lanes;
+  int items_per_block;
+  int64_t blocks;
+};
+
+inline ItemTiling item_tiling(int64_t items, int64_t vectors) {
+  int lanes = 1;
+  while (lanes < vectors && lanes < kMaxLanes) lanes *= 2;
+  const int per_block = kThreads / lanes;
+  return {lanes, per_block, (items + per_block - 1) / per_block};
+}
+
+// Sums v over the `lanes` threads of each item (consecutive threads of a block); every thread of the block
+// must call it. Returns the sum in the item's lane 0 (other lanes get partial sums).
+template <typename A>
+__device__ __forceinline__ A item_sum(A v, A* scratch /* kThreads */, int lanes) {
+  scratch[threadIdx.x] = v;
+  __syncthreads();
+  const int lane = threadIdx.x % lanes;
+  for (int stride = lanes / 2; stride > 0; stride /= 2) {
+    if (lane < stride) scratch[threadIdx.x] += scratch[threadIdx.x + stride];
+    __syncthreads();
+  }
+  const A total = scratch[threadIdx.x];
+  __syncthreads();  // scratch is reused by the next call
+  return total;
+}
+
+// The feature gradient is scattered with atomics into an accumulator in the op-math type: the gradient tensor
+// itself for float32/float64, a float32 buffer for float16/bfloat16 (cast once at the end).
+struct FeatureGradAccumulator {
+  at::Tensor grad;   // (B, C, H, W) channels-last, the op's result
+  at::Tensor accum;  // (B, H, W, C) contiguous, op-math dtype; aliases `grad` when no cast is needed
+
+  FeatureGradAccumulator(int64_t B, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
+    const bool low_precision = options.dtype() == at::kHalf || options.dtype() == at::kBFloat16;
+    accum = at::zeros({B, H, W, C}, options.dtype(low_precision ? at::kFloat : options.dtype().toScalarType()));
+    if (!low_precision) grad = accum.permute({0, 3, 1, 2});
+  }
+
+  at::Tensor finish(at::ScalarType dtype) {
+    if (!grad.defined()) grad = accum.permute({0, 3, 1, 2}).to(dtype);  // keeps the channels-last strides
+    return grad;
+  }
+};
+
+// Scatter atomics make the feature gradient's summation order vary from run to run.
+inline void alert_atomic_scatter(const char* op) {
+  at::globalContext().alertNotDeterministic(
+      std::string("samdetr_ops.") + op +
+      " (CUDA): the feature gradient is accumulated with atomicAdd, so its last bits vary between runs. Run "
+      "this backward on CPU for bit-identical results, or call torch.use_deterministic_algorithms(True, "
+      "warn_only=True) to accept it");
+}
+
+}  // namespace cuda
+}  // namespace samdetr
