@@ -22,7 +22,7 @@ roi_align_forward_kernel(const scalar_t* __restrict__ features,  // (B, H, W, C)
                          int64_t sampling_ratio, bool aligned, int64_t chunks) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kChunk = kForwardLanes * VEC;
-  __shared__ acc_t tile[kBinsPerTile][kChunk];
+  __shared__ acc_t tile[kBinsPerTile][kChunk + 1];  // +1: the write-out walks bins, keep it off one bank
   const int64_t roi = blockIdx.x / chunks;
   const int64_t c0 = (blockIdx.x % chunks) * kChunk;
   const int64_t b = roi / N;
