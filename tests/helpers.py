@@ -14,8 +14,11 @@ HAS_CUDA = torch.cuda.is_available()
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
 
-# Backends under test for each device: the compiled kernels, and (where Triton runs) the Triton kernels.
-BACKENDS = [pytest.param("cpp", id="cpp")]
+# Backends of the full test matrix: the compiled kernels, and the Triton kernels where they run compiled (CUDA).
+# On CPU the Triton kernels run in the interpreter, far too slowly for the full matrix: tests/test_triton.py
+# covers them there with small shapes.
+BACKENDS = [pytest.param("cpp", id="cpp"),
+            pytest.param("triton", id="triton", marks=pytest.mark.skipif(not HAS_CUDA, reason="Triton on CPU: see test_triton.py"))]
 
 # Absolute/relative tolerances against the reference, by dtype (see test docstrings for what is compared):
 # float64 kernels do the same arithmetic as the reference in another order, so only rounding of ~1e-16 per op,
@@ -105,3 +108,13 @@ def assert_close(actual, expected, tol, what=""):
 
 def use(backend):
     return samdetr_ops.use_backend(backend)
+
+
+def skip_unsupported(backend, device):
+    """Triton kernels run compiled on CUDA only (the interpreter case is test_triton.py's)."""
+    if backend == "triton" and device != "cuda":
+        pytest.skip("Triton runs compiled on CUDA tensors only")
+
+
+def gradcheck_device(backend):
+    return "cuda" if backend == "triton" else "cpu"

@@ -43,16 +43,17 @@ def _forward_and_grads(fn, inputs, grad_index, dtype, grad_seed=1):
 
 
 @needs_gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
-def test_low_precision_error_is_within_twice_the_references(op, dtype):
+def test_low_precision_error_is_within_twice_the_references(op, dtype, backend):
     """float16/bfloat16 are judged as flash-attention's tests judge them: the fused op's error against the
     float32 reference must be at most twice the error of the reference sequence itself run in that dtype (plus
     a tiny floor for outputs the reference gets exactly right). The kernels accumulate in float32, so they are
     usually well inside it."""
     inputs, grad_index = _inputs(op, dtype)
     exact = _forward_and_grads(getattr(reference, op), inputs, grad_index, torch.float32)
-    with samdetr_ops.use_backend("cpp"):
+    with samdetr_ops.use_backend(backend):
         fused = _forward_and_grads(getattr(samdetr_ops, op), inputs, grad_index, dtype)
     try:
         low = _forward_and_grads(getattr(reference, op), inputs, grad_index, dtype)

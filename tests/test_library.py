@@ -61,3 +61,23 @@ def test_torch_compile_fullgraph(device, dynamic):
     assert_close(compiled, eager, FORWARD_TOL[torch.float32], "compiled value")
     for a, b in zip(compiled_grads, eager_grads):
         assert_close(a, b, BACKWARD_TOL[torch.float32], "compiled grad")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton ops under fake tensors / compile need CUDA")
+def test_triton_ops_opcheck_and_compile():
+    """The Triton ops are triton_op custom ops: opcheck passes and torch.compile traces into their kernels."""
+    from samdetr_ops import triton as triton_backend  # noqa: F401  (registers samdetr_ops_triton::*)
+    features, boxes, points, logits, cxcywh, embed_logits = _sample_inputs("cuda", torch.float32)
+    ops = torch.ops.samdetr_ops_triton
+    torch.library.opcheck(ops.roi_align.default, (features, boxes, 4, 1.0, -1, True))
+    torch.library.opcheck(ops.semantic_align.default, (features, boxes, points, logits, 4, 1.0, -1, True))
+    torch.library.opcheck(ops.salient_point_pos_embed.default, (cxcywh, points, embed_logits, 10000.0))
+    inputs = (features, boxes, points, logits, cxcywh, embed_logits)
+    differentiable = [t for t in inputs if t.requires_grad]
+    torch._dynamo.reset()
+    with samdetr_ops.use_backend("triton"):
+        eager = _model(*inputs)
+        compiled = torch.compile(_model, fullgraph=True)(*inputs)
+    assert_close(compiled, eager, FORWARD_TOL[torch.float32], "compiled value")
+    for a, b in zip(torch.autograd.grad(compiled, differentiable), torch.autograd.grad(eager, differentiable)):
+        assert_close(a, b, BACKWARD_TOL[torch.float32], "compiled grad")

@@ -4,7 +4,7 @@ import torch
 
 import samdetr_ops
 from samdetr_ops import reference
-from helpers import (BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_cxcywh,
+from helpers import (gradcheck_device, skip_unsupported, BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_cxcywh,
                      make_points, randn, use)
 
 
@@ -22,6 +22,7 @@ def _inputs(g, B, N, M, D, spread, dtype, device):
 @pytest.mark.parametrize("temperature", [10000.0, 20.0])
 @pytest.mark.parametrize("spread", [1.0, 1.5])
 def test_forward_and_backward_match_reference(device, backend, dtype, B, N, M, D, temperature, spread):
+    skip_unsupported(backend, device)
     g = generator("pos_embed", device, dtype, B, N, M, D, temperature, spread)
     inputs = _inputs(g, B, N, M, D, spread, dtype, device)
     with use(backend):
@@ -42,7 +43,7 @@ def test_forward_and_backward_match_reference(device, backend, dtype, B, N, M, D
 @pytest.mark.parametrize("D", [2, 6, 8])
 def test_gradcheck_float64(backend, D):
     g = generator("pos_embed gradcheck", D)
-    inputs = _inputs(g, 2, 3, 4, D, 1.0, torch.float64, "cpu")
+    inputs = _inputs(g, 2, 3, 4, D, 1.0, torch.float64, gradcheck_device(backend))
     with use(backend):
         assert torch.autograd.gradcheck(lambda *t: samdetr_ops.salient_point_pos_embed(*t, 50.0), inputs)
 

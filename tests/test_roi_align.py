@@ -4,7 +4,7 @@ import torch
 
 import samdetr_ops
 from samdetr_ops import reference
-from helpers import (BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_boxes,
+from helpers import (gradcheck_device, skip_unsupported, BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_boxes,
                      make_features, randn, use)
 
 SHAPES = [  # B, C, H, W, N, S
@@ -29,6 +29,7 @@ def _run(features, boxes, S, scale, sr, aligned, backend):
                                                                    (False, -1, 0.125)])
 def test_forward_and_backward_match_torchvision(device, backend, dtype, shape, layout, kind, aligned, sampling_ratio,
                                                 spatial_scale):
+    skip_unsupported(backend, device)
     B, C, H, W, N, S = shape
     g = generator("roi_align", device, dtype, shape, layout, kind, aligned, sampling_ratio, spatial_scale)
     features = make_features(g, B, C, H, W, layout, dtype, device).requires_grad_()
@@ -48,8 +49,9 @@ def test_forward_and_backward_match_torchvision(device, backend, dtype, shape, l
 @pytest.mark.parametrize("aligned,sampling_ratio", [(True, -1), (False, 2)])
 def test_gradcheck_float64(backend, aligned, sampling_ratio):
     g = generator("roi_align gradcheck", aligned, sampling_ratio)
-    features = make_features(g, 2, 3, 6, 7, "channels_last", torch.float64).requires_grad_()
-    boxes = make_boxes(g, 2, 3, 6, 7, 1.0, "mixed", torch.float64)
+    device = gradcheck_device(backend)
+    features = make_features(g, 2, 3, 6, 7, "channels_last", torch.float64, device).requires_grad_()
+    boxes = make_boxes(g, 2, 3, 6, 7, 1.0, "mixed", torch.float64, device)
     with use(backend):
         assert torch.autograd.gradcheck(lambda f: samdetr_ops.roi_align(f, boxes, 4, 1.0, sampling_ratio, aligned),
                                         (features,))

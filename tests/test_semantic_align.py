@@ -4,7 +4,7 @@ import torch
 
 import samdetr_ops
 from samdetr_ops import reference
-from helpers import (BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_boxes,
+from helpers import (gradcheck_device, skip_unsupported, BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_boxes,
                      make_features, make_points, randn, use)
 
 SHAPES = [  # B, C, H, W, N, M, S
@@ -33,6 +33,7 @@ def _inputs(g, shape, layout, kind, spread, scale, dtype, device):
 @pytest.mark.parametrize("aligned,sampling_ratio,spatial_scale", [(True, -1, 1.0), (False, 2, 0.25)])
 def test_forward_and_backward_match_reference(device, backend, dtype, shape, layout, kind, spread, aligned,
                                               sampling_ratio, spatial_scale):
+    skip_unsupported(backend, device)
     S = shape[-1]
     g = generator("semantic_align", device, dtype, shape, layout, kind, spread, aligned, sampling_ratio)
     inputs = _inputs(g, shape, layout, kind, spread, spatial_scale, dtype, device)
@@ -55,7 +56,7 @@ def test_forward_and_backward_match_reference(device, backend, dtype, shape, lay
 def test_gradcheck_float64(backend, aligned, sampling_ratio):
     g = generator("semantic_align gradcheck", aligned, sampling_ratio)
     features, boxes, points, logits = _inputs(g, (2, 3, 6, 7, 3, 4, 4), "channels_last", "mixed", 1.2, 1.0,
-                                              torch.float64, "cpu")
+                                              torch.float64, gradcheck_device(backend))
     fn = lambda f, p, l: samdetr_ops.semantic_align(f, boxes, p, l, 4, 1.0, sampling_ratio, aligned)  # noqa: E731
     with use(backend):
         assert torch.autograd.gradcheck(fn, (features, points, logits))
