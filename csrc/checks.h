@@ -4,7 +4,10 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/SymIntArrayRef.h>
 #include <c10/util/Exception.h>
+
+#include <vector>
 
 namespace samdetr {
 
@@ -76,6 +79,34 @@ inline void check_pos_embed_inputs(const at::Tensor& boxes, const at::Tensor& po
   TORCH_CHECK_VALUE(weight_logits.size(3) % 2 == 0, "samdetr_ops.", op,
                     ": `weight_logits` must have an even last dimension D (half for y, half for x), got D = ",
                     weight_logits.size(3));
+}
+
+// roi_align_backward: grad_output (B, N, C, S, S), boxes (B, N, 4), feature_shape (B, C, H, W). Returns the shape.
+inline at::IntArrayRef check_roi_align_backward_inputs(const at::Tensor& grad_output, const at::Tensor& boxes,
+                                                       c10::SymIntArrayRef feature_shape, int64_t output_size) {
+  const char* op = "roi_align_backward";
+  const at::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(feature_shape);
+  TORCH_CHECK_VALUE(shape.size() == 4, "samdetr_ops.", op, ": `feature_shape` must be (B, C, H, W), got ", shape);
+  check_rank_and_last(op, boxes, "boxes", 3, 4, "(B, N, 4)");
+  TORCH_CHECK_VALUE(boxes.size(0) == shape[0], "samdetr_ops.", op, ": `boxes` must have B = ", shape[0], ", got ",
+                    boxes.sizes());
+  const int64_t S = output_size;
+  const std::vector<int64_t> expected = {shape[0], boxes.size(1), shape[1], S, S};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), "samdetr_ops.", op,
+                    ": `grad_output` must have shape (B, N, C, S, S) = ", at::IntArrayRef(expected), ", got ",
+                    grad_output.sizes());
+  check_same_device_dtype(op, grad_output, "grad_output", boxes, "boxes");
+  return shape;
+}
+
+// The backward of semantic_align or salient_point_pos_embed: grad_output has the forward output's shape, which
+// is weight_logits' shape, and the dtype and device of `ref` (the forward's first input).
+inline void check_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& weight_logits,
+                              const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_VALUE(grad_output.sizes() == weight_logits.sizes(), "samdetr_ops.", op,
+                    ": `grad_output` must have the shape of `weight_logits`, ", weight_logits.sizes(), ", got ",
+                    grad_output.sizes());
+  check_same_device_dtype(op, ref, ref_name, grad_output, "grad_output");
 }
 
 }  // namespace samdetr

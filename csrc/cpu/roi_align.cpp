@@ -51,19 +51,8 @@ at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes
 // grad_output (B, N, C, S, S) -> grad_features (B, C, H, W), channels-last.
 at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& boxes, c10::SymIntArrayRef feature_shape,
                               int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned) {
-  const at::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(feature_shape);
-  TORCH_CHECK_VALUE(shape.size() == 4, "samdetr_ops.roi_align_backward: `feature_shape` must be (B, C, H, W), got ",
-                    shape);
-  const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3];
-  const int64_t S = output_size;
-  check_rank_and_last("roi_align_backward", boxes, "boxes", 3, 4, "(B, N, 4)");
-  const int64_t N = boxes.size(1);
-  TORCH_CHECK_VALUE(boxes.size(0) == B, "samdetr_ops.roi_align_backward: `boxes` must have B = ", B, ", got ",
-                    boxes.sizes());
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({B, N, C, S, S}),
-                    "samdetr_ops.roi_align_backward: `grad_output` must have shape (B, N, C, S, S) = ",
-                    at::IntArrayRef({B, N, C, S, S}), ", got ", grad_output.sizes());
-  check_same_device_dtype("roi_align_backward", grad_output, "grad_output", boxes, "boxes");
+  const at::IntArrayRef shape = check_roi_align_backward_inputs(grad_output, boxes, feature_shape, output_size);
+  const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], S = output_size, N = boxes.size(1);
   check_cpu_dtype("roi_align_backward", grad_output, "grad_output");
   at::Tensor grad_features =
       zeros_channels_last({B, C, H, W}, grad_output.options());

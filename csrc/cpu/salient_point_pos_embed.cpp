@@ -87,10 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pos_embed_backward(const at::Tens
                                                                   double temperature) {
   check_pos_embed_inputs(boxes, points, weight_logits);
   check_cpu_dtype("salient_point_pos_embed_backward", boxes, "boxes_cxcywh");
-  TORCH_CHECK_VALUE(grad_output.sizes() == weight_logits.sizes(),
-                    "samdetr_ops.salient_point_pos_embed_backward: `grad_output` must have shape (B, N, M, D) = ",
-                    weight_logits.sizes(), ", got ", grad_output.sizes());
-  check_same_device_dtype("salient_point_pos_embed_backward", boxes, "boxes_cxcywh", grad_output, "grad_output");
+  check_grad_output("salient_point_pos_embed_backward", grad_output, weight_logits, boxes, "boxes_cxcywh");
   const int64_t B = boxes.size(0), N = boxes.size(1), M = points.size(2), D = weight_logits.size(3), half = D / 2;
   at::Tensor grad_boxes = at::zeros({B, N, 4}, boxes.options());
   at::Tensor grad_points = at::zeros({B, N, M, 2}, points.options());

@@ -97,10 +97,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
     std::array<bool, 3> output_mask) {
   check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
   check_cpu_dtype("semantic_align_backward", features, "features");
-  TORCH_CHECK_VALUE(grad_output.sizes() == weight_logits.sizes(),
-                    "samdetr_ops.semantic_align_backward: `grad_output` must have shape (B, N, M, C) = ",
-                    weight_logits.sizes(), ", got ", grad_output.sizes());
-  check_same_device_dtype("semantic_align_backward", features, "features", grad_output, "grad_output");
+  check_grad_output("semantic_align_backward", grad_output, weight_logits, features, "features");
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
   const bool need_feat = output_mask[0], need_points = output_mask[1], need_logits = output_mask[2];

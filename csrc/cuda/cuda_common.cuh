@@ -41,6 +41,25 @@ __device__ __forceinline__ void store_vec(T* p, const A (&in)[VEC]) {
   *reinterpret_cast<Vec<T, VEC>*>(p) = x;
 }
 
+// acc[0:VEC] += weight * (average of RoI bin (by, bx) over channels c .. c+VEC-1).
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void add_bin(const RoiGeometry<acc_t>& g, int64_t by, int64_t bx, const scalar_t* feat,
+                                        int64_t H, int64_t W, int64_t C, int64_t c, acc_t weight, acc_t (&acc)[VEC]) {
+  const acc_t w = weight * g.inv_count;
+  for_each_bin_sample(g, by, bx, H, W,
+                      [&](int64_t y0, int64_t y1, int64_t x0, int64_t x1, acc_t w00, acc_t w01, acc_t w10,
+                          acc_t w11) {
+                        acc_t v00[VEC], v01[VEC], v10[VEC], v11[VEC];
+                        load_vec<VEC>(feat + (y0 * W + x0) * C + c, v00);
+                        load_vec<VEC>(feat + (y0 * W + x1) * C + c, v01);
+                        load_vec<VEC>(feat + (y1 * W + x0) * C + c, v10);
+                        load_vec<VEC>(feat + (y1 * W + x1) * C + c, v11);
+#pragma unroll
+                        for (int i = 0; i < VEC; ++i)
+                          acc[i] += w * (w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i]);
+                      });
+}
+
 // The widest vector (16 bytes at most) that divides the channel count and keeps every given pointer aligned.
 inline int vector_width(int64_t channels, size_t itemsize, std::initializer_list<const void*> pointers) {
   int vec = static_cast<int>(16 / itemsize);

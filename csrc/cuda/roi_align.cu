@@ -38,21 +38,10 @@ roi_align_forward_kernel(const scalar_t* __restrict__ features,  // (B, H, W, C)
       acc_t acc[VEC] = {};
       if (c < C) {
         const int64_t bin = bin0 + t;
-        for_each_bin_sample(g, bin / S, bin % S, H, W,
-                            [&](int64_t y0, int64_t y1, int64_t x0, int64_t x1, acc_t w00, acc_t w01, acc_t w10,
-                                acc_t w11) {
-                              acc_t v00[VEC], v01[VEC], v10[VEC], v11[VEC];
-                              load_vec<VEC>(feat + (y0 * W + x0) * C + c, v00);
-                              load_vec<VEC>(feat + (y0 * W + x1) * C + c, v01);
-                              load_vec<VEC>(feat + (y1 * W + x0) * C + c, v10);
-                              load_vec<VEC>(feat + (y1 * W + x1) * C + c, v11);
-#pragma unroll
-                              for (int i = 0; i < VEC; ++i)
-                                acc[i] += w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i];
-                            });
+        add_bin(g, bin / S, bin % S, feat, H, W, C, c, acc_t(1), acc);  // the bin average
       }
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) tile[t][lane * VEC + i] = acc[i] * g.inv_count;
+      for (int i = 0; i < VEC; ++i) tile[t][lane * VEC + i] = acc[i];
     }
     __syncthreads();
     // out[roi, c0 + k, bin0 + t] for k < chunk_channels, t < bins: runs of `bins` contiguous elements
@@ -130,18 +119,8 @@ at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes
 
 at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& boxes, c10::SymIntArrayRef feature_shape,
                               int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned) {
-  const at::IntArrayRef shape = C10_AS_INTARRAYREF_SLOW(feature_shape);
-  TORCH_CHECK_VALUE(shape.size() == 4, "samdetr_ops.roi_align_backward: `feature_shape` must be (B, C, H, W), got ",
-                    shape);
-  const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], S = output_size;
-  check_rank_and_last("roi_align_backward", boxes, "boxes", 3, 4, "(B, N, 4)");
-  const int64_t N = boxes.size(1);
-  TORCH_CHECK_VALUE(boxes.size(0) == B, "samdetr_ops.roi_align_backward: `boxes` must have B = ", B, ", got ",
-                    boxes.sizes());
-  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef({B, N, C, S, S}),
-                    "samdetr_ops.roi_align_backward: `grad_output` must have shape (B, N, C, S, S) = ",
-                    at::IntArrayRef({B, N, C, S, S}), ", got ", grad_output.sizes());
-  check_same_device_dtype("roi_align_backward", grad_output, "grad_output", boxes, "boxes");
+  const at::IntArrayRef shape = check_roi_align_backward_inputs(grad_output, boxes, feature_shape, output_size);
+  const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], S = output_size, N = boxes.size(1);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   FeatureGradAccumulator acc(B, C, H, W, grad_output.options());
   if (B * N * C * H * W == 0) return acc.finish(grad_output.scalar_type());

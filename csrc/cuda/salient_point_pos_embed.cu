@@ -121,10 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> pos_embed_backward(const at::Tens
                                                                   const at::Tensor& weight_logits,
                                                                   double temperature) {
   check_pos_embed_inputs(boxes, points, weight_logits);
-  TORCH_CHECK_VALUE(grad_output.sizes() == weight_logits.sizes(),
-                    "samdetr_ops.salient_point_pos_embed_backward: `grad_output` must have shape (B, N, M, D) = ",
-                    weight_logits.sizes(), ", got ", grad_output.sizes());
-  check_same_device_dtype("salient_point_pos_embed_backward", boxes, "boxes_cxcywh", grad_output, "grad_output");
+  check_grad_output("salient_point_pos_embed_backward", grad_output, weight_logits, boxes, "boxes_cxcywh");
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t B = boxes.size(0), N = boxes.size(1), M = points.size(2), D = weight_logits.size(3);
   const int64_t half = D / 2, pairs = (half + 1) / 2, rows = B * N * M;

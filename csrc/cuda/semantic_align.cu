@@ -10,25 +10,6 @@ namespace samdetr {
 namespace cuda {
 namespace {
 
-// acc[0:VEC] += weight * (average of RoI bin (by, bx) over channels c .. c+VEC-1).
-template <int VEC, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void add_bin(const RoiGeometry<acc_t>& g, int64_t by, int64_t bx, const scalar_t* feat,
-                                        int64_t H, int64_t W, int64_t C, int64_t c, acc_t weight, acc_t (&acc)[VEC]) {
-  const acc_t w = weight * g.inv_count;
-  for_each_bin_sample(g, by, bx, H, W,
-                      [&](int64_t y0, int64_t y1, int64_t x0, int64_t x1, acc_t w00, acc_t w01, acc_t w10,
-                          acc_t w11) {
-                        acc_t v00[VEC], v01[VEC], v10[VEC], v11[VEC];
-                        load_vec<VEC>(feat + (y0 * W + x0) * C + c, v00);
-                        load_vec<VEC>(feat + (y0 * W + x1) * C + c, v01);
-                        load_vec<VEC>(feat + (y1 * W + x0) * C + c, v10);
-                        load_vec<VEC>(feat + (y1 * W + x1) * C + c, v11);
-#pragma unroll
-                        for (int i = 0; i < VEC; ++i)
-                          acc[i] += w * (w00 * v00[i] + w01 * v01[i] + w10 * v10[i] + w11 * v11[i]);
-                      });
-}
-
 template <typename scalar_t, int VEC>
 __global__ void __launch_bounds__(kThreads)
 semantic_align_forward_kernel(const scalar_t* __restrict__ features,  // (B, H, W, C)
@@ -203,10 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
     const at::Tensor& weight_logits, int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned,
     std::array<bool, 3> output_mask) {
   check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
-  TORCH_CHECK_VALUE(grad_output.sizes() == weight_logits.sizes(),
-                    "samdetr_ops.semantic_align_backward: `grad_output` must have shape (B, N, M, C) = ",
-                    weight_logits.sizes(), ", got ", grad_output.sizes());
-  check_same_device_dtype("semantic_align_backward", features, "features", grad_output, "grad_output");
+  check_grad_output("semantic_align_backward", grad_output, weight_logits, features, "features");
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
