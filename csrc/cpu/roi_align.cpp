@@ -30,18 +30,17 @@ at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> acc(C);  // one bin, all channels
+      std::vector<scalar_t> bins(S * S * C);  // (S*S, C): one RoI, channels innermost as the features are
       for (int64_t roi = begin; roi < end; ++roi) {
         const int64_t b = roi / N;
         const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, S, sampling_ratio, aligned);
         const scalar_t* feat_b = feat_ptr + b * H * W * C;
-        for (int64_t by = 0; by < S; ++by) {
-          for (int64_t bx = 0; bx < S; ++bx) {
-            bin_average(g, by, bx, feat_b, H, W, C, 0, C, acc.data());
-            scalar_t* o = out_ptr + roi * C * S * S + by * S + bx;  // (c, by, bx) of this RoI
-            for (int64_t c = 0; c < C; ++c) o[c * S * S] = acc[c];
-          }
-        }
+        for (int64_t bin = 0; bin < S * S; ++bin)
+          bin_average(g, bin / S, bin % S, feat_b, H, W, C, 0, C, bins.data() + bin * C);
+        // transpose into the (C, S, S) output of this RoI, writing contiguously
+        scalar_t* o = out_ptr + roi * C * S * S;
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t bin = 0; bin < S * S; ++bin) o[c * S * S + bin] = bins[bin * C + c];
       }
     });
   });
