@@ -282,6 +282,8 @@ def main(argv=None):
                     torch.testing.assert_close(out.float(), expected.float(), **CHECK_TOL[dtype])
             except Exception as error:  # a variant that fails its check is reported, not timed
                 failures.append(f"{op} {shape} {dtype} {mode} {name}: {type(error).__name__}: {error}"[:400])
+                if expected is None:  # the eager reference itself failed: nothing to check or compare against
+                    break
                 continue
             if device.type == "cuda":
                 median, p20, p80 = time_cuda(step)
@@ -304,13 +306,19 @@ def main(argv=None):
     print_table(rows, env)
     os.makedirs(args.out, exist_ok=True)
     slug = "cpu" if device.type == "cpu" else env["card"].replace(" ", "-").replace("/", "-")
-    path = os.path.join(args.out, f"bench-{slug}.csv")
+    # a filtered run gets its own file, so it never overwrites the results of a whole preset
+    filtered = (args.ops != list(cases.OPS) or args.modes != list(cases.MODES) or args.dtype is not None
+                or args.backend is not None)
+    path = os.path.join(args.out, f"bench-{slug}-{args.preset}{'-partial' if filtered else ''}.csv")
     write_csv(rows, path)
     print(f"\nCSV: {os.path.relpath(path)}")
     if not args.no_plot:
         png = path[:-4] + ".png"
-        plot(rows, png, env)
-        print(f"plot: {os.path.relpath(png)}")
+        try:
+            plot(rows, png, env)
+            print(f"plot: {os.path.relpath(png)}")
+        except ImportError as error:
+            print(f"no plot: {error} (pip install matplotlib)")
     if failures:
         print("\nFAILED CHECKS (not timed):\n  " + "\n  ".join(failures))
         return 1
