@@ -9,6 +9,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "../checks.h"
@@ -60,9 +61,11 @@ __device__ __forceinline__ void add_bin(const RoiGeometry<acc_t>& g, int64_t by,
                       });
 }
 
-// The widest vector (16 bytes at most) that divides the channel count and keeps every given pointer aligned.
-inline int vector_width(int64_t channels, size_t itemsize, std::initializer_list<const void*> pointers) {
-  int vec = static_cast<int>(16 / itemsize);
+// The widest vector (16 bytes and max_elements at most) that divides the channel count and keeps every given
+// pointer aligned.
+inline int vector_width(int64_t channels, size_t itemsize, std::initializer_list<const void*> pointers,
+                        int max_elements = 8) {
+  int vec = std::min(static_cast<int>(16 / itemsize), max_elements);
   while (vec > 1) {
     bool ok = channels % vec == 0;
     for (const void* p : pointers) ok = ok && reinterpret_cast<uintptr_t>(p) % (vec * itemsize) == 0;
