@@ -100,3 +100,26 @@ def test_unavailable_device_raises():
     from samdetr_ops import triton as triton_backend
     assert triton_backend.get("semantic_align", torch.device("cpu")) is not None
     assert "no Triton support for meta" in triton_backend.unavailable_reason(torch.device("meta"))
+
+
+@pytest.mark.parametrize("op", ["roi_align", "semantic_align", "salient_point_pos_embed"])
+def test_gradcheck_float64(op):
+    """float64 gradcheck of the Triton kernels. fast_mode checks the Jacobian along random directions, which keeps
+    the interpreter to a few dozen forward calls instead of one per input element."""
+    g = generator("triton gradcheck", op)
+    B, C, H, W, N, M = 1, 3, 5, 6, 2, 3
+    features = make_features(g, B, C, H, W, "channels_last", torch.float64, DEVICE).requires_grad_()
+    boxes = make_boxes(g, B, N, H, W, 1.0, "mixed", torch.float64, DEVICE)
+    points = make_points(g, B, N, M, 1.1, torch.float64, DEVICE).requires_grad_()
+    logits = randn(g, B, N, M, C).to(DEVICE, torch.float64).requires_grad_()
+    if op == "roi_align":
+        fn, inputs = (lambda f: samdetr_ops.roi_align(f, boxes, 3)), (features,)
+    elif op == "semantic_align":
+        fn, inputs = (lambda f, p, l: samdetr_ops.semantic_align(f, boxes, p, l, 3)), (features, points, logits)
+    else:
+        cxcywh = make_cxcywh(g, B, N, torch.float64, DEVICE).requires_grad_()
+        embed_logits = randn(g, B, N, M, 6).to(DEVICE, torch.float64).requires_grad_()
+        fn = lambda b, p, l: samdetr_ops.salient_point_pos_embed(b, p, l, 30.0)  # noqa: E731
+        inputs = (cxcywh, points, embed_logits)
+    with samdetr_ops.use_backend("triton"):
+        assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
