@@ -127,7 +127,7 @@ def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cach
         return build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache)
     call, grad_names = cases.op_call(op)
     if impl == "compile":
-        key = (op, mode)
+        key = op  # one compiled function per op: forward and forward+backward share its artifacts
         if key not in compiled_cache:
             compiled_cache[key] = torch.compile(lambda x: call(cases.ReferenceOps, x), dynamic=False)
         fn = compiled_cache[key]
@@ -234,6 +234,8 @@ def parse_args(argv):
     p.add_argument("--backend", nargs="+", default=None,
                    help="variants to time besides the eager reference: cpp triton compiled-ref (default: all)")
     p.add_argument("--min-run-time", type=float, default=None, help="seconds per CPU measurement")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds after which no new case starts (the results so far are still written)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
@@ -261,7 +263,11 @@ def main(argv=None):
         progress = None
     rows, compiled_cache, failures = [], {}, []
     input_cache = {}
+    started, skipped = time.monotonic(), 0
     for op, shape, dtype, mode in tasks:
+        if args.time_budget is not None and time.monotonic() - started > args.time_budget:
+            skipped += 1
+            continue
         if progress:
             progress.set_postfix_str(f"{op} {shape} {str(dtype)[6:]} {mode}")
         key = (shape, dtype)
@@ -304,11 +310,13 @@ def main(argv=None):
         progress.close()
     add_speedups(rows)
     print_table(rows, env)
+    if skipped:
+        print(f"\n{skipped} of {len(tasks)} cases not run: --time-budget {args.time_budget:g} s ran out")
     os.makedirs(args.out, exist_ok=True)
     slug = "cpu" if device.type == "cpu" else env["card"].replace(" ", "-").replace("/", "-")
-    # a filtered run gets its own file, so it never overwrites the results of a whole preset
+    # a filtered or cut-short run gets its own file, so it never overwrites the results of a whole preset
     filtered = (args.ops != list(cases.OPS) or args.modes != list(cases.MODES) or args.dtype is not None
-                or args.backend is not None)
+                or args.backend is not None or skipped > 0)
     path = os.path.join(args.out, f"bench-{slug}-{args.preset}{'-partial' if filtered else ''}.csv")
     write_csv(rows, path)
     print(f"\nCSV: {os.path.relpath(path)}")

@@ -5,7 +5,8 @@
 #   3. run compute-sanitizer memcheck and racecheck over tests/sanitizer_smoke.py
 #   4. run the benchmark suite on CUDA
 # and write benchmarks/results/gpu-check-<card>.md naming the card. Each step's log is kept beside it; a failing
-# step is reported and the next one still runs. Exit status: non-zero if any step failed.
+# or overrunning step (each has a time budget) is reported and the next one still runs. Exit status: non-zero if
+# any step failed. More benchmark cases: BENCH_SECONDS=500 BENCH_ARGS="--full --time-budget 450" in a call of its own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${GPU_PYTHON:-python3}
@@ -21,11 +22,11 @@ report="$results/gpu-check-$slug.md"
 status=0
 declare -a summary
 
-run_step() {  # name, log file, command...
-  local name=$1 log=$2; shift 2
+run_step() {  # name, seconds allowed, log file, command...
+  local name=$1 budget=$2 log=$3; shift 3
   local start=$SECONDS
-  echo "== $name: $*"
-  if "$@" >"$log" 2>&1; then
+  echo "== $name (at most ${budget} s): $*"
+  if timeout --signal=INT --kill-after=20 "$budget" "$@" >"$log" 2>&1; then
     summary+=("| $name | ok | $((SECONDS - start)) s | \`$(basename "$log")\` |")
   else
     summary+=("| $name | **FAILED** | $((SECONDS - start)) s | \`$(basename "$log")\` |")
@@ -35,11 +36,14 @@ run_step() {  # name, log file, command...
 }
 
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")}
-run_step build "$logs/build.log" $PY setup.py build_ext --inplace
-run_step tests "$logs/tests.log" $PY -m pytest tests -q -p no:cacheprovider
-run_step memcheck "$logs/memcheck.log" "$SANITIZER" --tool memcheck --error-exitcode 1 $PY tests/sanitizer_smoke.py
-run_step racecheck "$logs/racecheck.log" "$SANITIZER" --tool racecheck --error-exitcode 1 $PY tests/sanitizer_smoke.py
-run_step bench "$logs/bench.log" $PY -m benchmarks.bench --device cuda ${BENCH_ARGS:-}
+# pytest-xdist, where installed, spreads the suite (and its Triton compiles) over the cores
+XDIST=$($PY -c "import xdist" >/dev/null 2>&1 && echo "-n 8")
+# Step budgets add up to about 9.5 minutes, so the whole check fits one ten-minute device call.
+run_step build "${BUILD_SECONDS:-150}" "$logs/build.log" $PY setup.py build_ext --inplace
+run_step tests "${TEST_SECONDS:-200}" "$logs/tests.log" $PY -m pytest tests -q -p no:cacheprovider $XDIST
+run_step memcheck 50 "$logs/memcheck.log" "$SANITIZER" --tool memcheck --error-exitcode 1 $PY tests/sanitizer_smoke.py
+run_step racecheck 50 "$logs/racecheck.log" "$SANITIZER" --tool racecheck --error-exitcode 1 $PY tests/sanitizer_smoke.py
+run_step bench "${BENCH_SECONDS:-120}" "$logs/bench.log" $PY -m benchmarks.bench --device cuda --time-budget 90 ${BENCH_ARGS:-}
 
 {
   echo "# gpu-check on $card"

@@ -62,7 +62,7 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int, spa
     boxes = boxes.contiguous()
     wrap_triton(_roi_align_forward_kernel)[(B * N * S * S,)](
         features, boxes, out, N, C, H, W, *features.stride(), spatial_scale, sampling_ratio, aligned, S=S,
-        BLOCK_C=triton.next_power_of_2(C), ACC=acc_dtype(features.dtype))
+        BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(features.dtype))
     return out
 
 
@@ -76,7 +76,7 @@ def roi_align_backward(grad_output: torch.Tensor, boxes: torch.Tensor, feature_s
     if B * N * C * H * W > 0:
         wrap_triton(_roi_align_backward_kernel)[(B * N * S * S,)](
             grad_output.contiguous(), boxes.contiguous(), accum, N, C, H, W, spatial_scale, sampling_ratio, aligned,
-            S=S, BLOCK_C=triton.next_power_of_2(C), ACC=acc_dtype(grad_output.dtype))
+            S=S, BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(grad_output.dtype))
     return accum.permute(0, 3, 1, 2).to(grad_output.dtype)  # (B, C, H, W), channels-last
 
 

@@ -89,7 +89,7 @@ def salient_point_pos_embed(boxes_cxcywh: torch.Tensor, points: torch.Tensor, we
     if out.numel() > 0:
         wrap_triton(_forward_kernel)[(rows,)](
             boxes_cxcywh.contiguous(), points.contiguous(), weight_logits.contiguous(), out, points.shape[2], half,
-            math.log2(temperature), BLOCK=triton.next_power_of_2(half), ACC=acc_dtype(boxes_cxcywh.dtype))
+            math.log2(temperature), BLOCK=triton.next_power_of_2(int(half)), ACC=acc_dtype(boxes_cxcywh.dtype))
     return out
 
 
@@ -106,7 +106,7 @@ def salient_point_pos_embed_backward(grad_output: torch.Tensor, boxes_cxcywh: to
     if B * N * M * D > 0:
         wrap_triton(_backward_kernel)[(B * N * M,)](
             grad_output.contiguous(), boxes_cxcywh.contiguous(), points.contiguous(), weight_logits.contiguous(),
-            grad_points, grad_logits, partials, M, half, math.log2(temperature), BLOCK=triton.next_power_of_2(half),
+            grad_points, grad_logits, partials, M, half, math.log2(temperature), BLOCK=triton.next_power_of_2(int(half)),
             ACC=acc_dtype(boxes_cxcywh.dtype))
     return partials.sum(2).to(boxes_cxcywh.dtype), grad_points, grad_logits
 

@@ -91,7 +91,7 @@ def semantic_align(features: torch.Tensor, boxes: torch.Tensor, points: torch.Te
     wrap_triton(_forward_kernel)[(B * N * M,)](
         features, boxes.contiguous(), points.contiguous(), weight_logits.contiguous(), out, N, M, C, H, W,
         *features.stride(), spatial_scale, sampling_ratio, aligned, S=output_size,
-        BLOCK_C=triton.next_power_of_2(C), ACC=acc_dtype(features.dtype))
+        BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(features.dtype))
     return out
 
 
@@ -109,7 +109,7 @@ def semantic_align_backward(grad_output: torch.Tensor, features: torch.Tensor, b
         wrap_triton(_backward_kernel)[(B * N * M,)](
             grad_output.contiguous(), features, boxes.contiguous(), points.contiguous(), weight_logits.contiguous(),
             accum, grad_points, grad_logits, N, M, C, H, W, *features.stride(), spatial_scale, sampling_ratio,
-            aligned, need_features, S=output_size, BLOCK_C=triton.next_power_of_2(C),
+            aligned, need_features, S=output_size, BLOCK_C=triton.next_power_of_2(int(C)),
             ACC=acc_dtype(features.dtype))
     return accum.permute(0, 3, 1, 2).to(features.dtype), grad_points, grad_logits
 
