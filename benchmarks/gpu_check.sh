@@ -6,7 +6,8 @@
 #   4. run the benchmark suite on CUDA
 # and write benchmarks/results/gpu-check-<card>.md naming the card. Each step's log is kept beside it; a failing
 # or overrunning step (each has a time budget) is reported and the next one still runs. Exit status: non-zero if
-# any step failed. More benchmark cases: BENCH_SECONDS=500 BENCH_ARGS="--full --time-budget 450" in a call of its own.
+# any step failed. More benchmark cases: `python3 -m benchmarks.bench --device cuda --full --time-budget 540` in a
+# call of its own.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${GPU_PYTHON:-python3}
