@@ -30,9 +30,11 @@ def has_extension() -> bool:
 def _autocast_to_float32(*tensors):
     """Under torch.autocast every op computes in float32 (as torchvision's roi_align and grid_sample do): the
     sampling arithmetic and box coordinates need more than float16/bfloat16 precision. Other inputs pass as is."""
+    if not isinstance(tensors[0], torch.Tensor):
+        return tensors  # the validation that follows names the bad argument
     device_type = tensors[0].device.type
     if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return tuple(t.float() if t.is_floating_point() else t for t in tensors)
+        return tuple(t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
     return tensors
 
 

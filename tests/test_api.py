@@ -46,6 +46,8 @@ BAD = [
     (_roi(output_size=0), ValueError, r"`output_size` must be >= 1, got 0"),
     (_roi(sampling_ratio=0), ValueError, r"`sampling_ratio` must be a positive int or -1"),
     (_roi(boxes=[[0, 0, 1, 1]]), TypeError, r"`boxes` must be a torch.Tensor"),
+    (_roi(features=[[0.0]]), TypeError, r"`features` must be a torch.Tensor"),
+    (_pos(cxcywh=None), TypeError, r"`boxes_cxcywh` must be a torch.Tensor"),
     (_sem(points=torch.rand(2, 3, 5, 3)), ValueError, r"`points` must have shape \(B, N, M, 2\), got \(2, 3, 5, 3\)"),
     (_sem(points=torch.rand(2, 4, 5, 2)), ValueError, r"`points` must have shape \(B, N, M, 2\) with B, N = \(2, 3\)"),
     (_sem(weight_logits=torch.randn(2, 3, 5, 6)), ValueError, r"`weight_logits` must have shape \(B, N, M, C\) with C"),
