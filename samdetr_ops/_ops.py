@@ -9,7 +9,7 @@ try:
 except ImportError as error:  # not built: the public functions fall back to samdetr_ops.reference
     _LOAD_ERROR = error
 
-from . import _checks
+from . import _autograd, _checks
 
 LOADED = _LOAD_ERROR is None
 
@@ -50,21 +50,7 @@ if LOADED:
                                  aligned):
         return _channels_last_empty(feature_shape, grad_output)
 
-    def _roi_align_setup_context(ctx, inputs, output):
-        features, boxes, output_size, spatial_scale, sampling_ratio, aligned = inputs
-        ctx.save_for_backward(boxes)  # the features themselves are not needed: the op is linear in them
-        ctx.feature_shape = features.shape
-        ctx.args = (output_size, spatial_scale, sampling_ratio, aligned)
-
-    def _roi_align_backward(ctx, grad_output):
-        (boxes,) = ctx.saved_tensors
-        grad_features = None
-        if ctx.needs_input_grad[0]:
-            grad_features = ops.roi_align_backward(grad_output, boxes, list(ctx.feature_shape), *ctx.args)
-        return grad_features, None, None, None, None, None
-
-    torch.library.register_autograd("samdetr_ops::roi_align", _roi_align_backward,
-                                    setup_context=_roi_align_setup_context)
+    _autograd.register("samdetr_ops::roi_align", ops.roi_align_backward, "roi_align")
 
     # ---- semantic_align --------------------------------------------------------------------------------------
     @torch.library.register_fake("samdetr_ops::semantic_align")
@@ -80,25 +66,7 @@ if LOADED:
                 torch.empty_like(points, memory_format=torch.contiguous_format),
                 torch.empty_like(weight_logits, memory_format=torch.contiguous_format))
 
-    def _semantic_align_setup_context(ctx, inputs, output):
-        features, boxes, points, weight_logits, *args = inputs
-        # Only the inputs are kept: the backward recomputes the few RoI bins it needs instead of saving the
-        # (B*N, C, S, S) RoI features and sampled values the unfused sequence keeps alive.
-        ctx.save_for_backward(features, boxes, points, weight_logits)
-        ctx.args = tuple(args)
-
-    def _semantic_align_backward(ctx, grad_output):
-        features, boxes, points, weight_logits = ctx.saved_tensors
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]]
-        grads = [None] * 3
-        if any(mask):
-            grads = ops.semantic_align_backward(grad_output, features, boxes, points, weight_logits, *ctx.args,
-                                                mask)
-        grad_features, grad_points, grad_logits = (g if need else None for g, need in zip(grads, mask))
-        return grad_features, None, grad_points, grad_logits, None, None, None, None
-
-    torch.library.register_autograd("samdetr_ops::semantic_align", _semantic_align_backward,
-                                    setup_context=_semantic_align_setup_context)
+    _autograd.register("samdetr_ops::semantic_align", ops.semantic_align_backward, "semantic_align")
 
     # ---- salient_point_pos_embed -----------------------------------------------------------------------------
     @torch.library.register_fake("samdetr_ops::salient_point_pos_embed")
@@ -111,21 +79,8 @@ if LOADED:
         return tuple(torch.empty_like(t, memory_format=torch.contiguous_format)
                      for t in (boxes_cxcywh, points, weight_logits))
 
-    def _pos_embed_setup_context(ctx, inputs, output):
-        boxes_cxcywh, points, weight_logits, temperature = inputs
-        ctx.save_for_backward(boxes_cxcywh, points, weight_logits)
-        ctx.temperature = temperature
-
-    def _pos_embed_backward(ctx, grad_output):
-        boxes_cxcywh, points, weight_logits = ctx.saved_tensors
-        if not any(ctx.needs_input_grad[:3]):
-            return None, None, None, None
-        grads = ops.salient_point_pos_embed_backward(grad_output, boxes_cxcywh, points, weight_logits,
-                                                     ctx.temperature)
-        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad[:3])) + (None,)
-
-    torch.library.register_autograd("samdetr_ops::salient_point_pos_embed", _pos_embed_backward,
-                                    setup_context=_pos_embed_setup_context)
+    _autograd.register("samdetr_ops::salient_point_pos_embed", ops.salient_point_pos_embed_backward,
+                       "salient_point_pos_embed")
 
     # Under torch.autocast the ops compute in float32 (direct torch.ops calls too; the public functions cast
     # before validating, so mixed-precision inputs pass their dtype checks).

@@ -4,6 +4,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .. import _autograd
 from ._common import autotune_configs, bin_scatter, bin_sum, roi_geometry
 
 
@@ -80,19 +81,4 @@ def roi_align_backward(grad_output: torch.Tensor, boxes: torch.Tensor, feature_s
     return accum.permute(0, 3, 1, 2).to(grad_output.dtype)  # (B, C, H, W), channels-last
 
 
-def _setup_context(ctx, inputs, output):
-    features, boxes, output_size, spatial_scale, sampling_ratio, aligned = inputs
-    ctx.save_for_backward(boxes)
-    ctx.feature_shape = list(features.shape)
-    ctx.args = (output_size, spatial_scale, sampling_ratio, aligned)
-
-
-def _backward(ctx, grad_output):
-    (boxes,) = ctx.saved_tensors
-    grad = None
-    if ctx.needs_input_grad[0]:
-        grad = roi_align_backward(grad_output, boxes, ctx.feature_shape, *ctx.args)
-    return grad, None, None, None, None, None
-
-
-roi_align.register_autograd(_backward, setup_context=_setup_context)
+_autograd.register(roi_align, roi_align_backward, "roi_align")

@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .. import _autograd
 from ._common import autotune_configs
 from .roi_align import acc_dtype
 
@@ -111,15 +112,4 @@ def salient_point_pos_embed_backward(grad_output: torch.Tensor, boxes_cxcywh: to
     return partials.sum(2).to(boxes_cxcywh.dtype), grad_points, grad_logits
 
 
-def _setup_context(ctx, inputs, output):
-    boxes_cxcywh, points, weight_logits, temperature = inputs
-    ctx.save_for_backward(boxes_cxcywh, points, weight_logits)
-    ctx.temperature = temperature
-
-
-def _backward(ctx, grad_output):
-    grads = salient_point_pos_embed_backward(grad_output, *ctx.saved_tensors, ctx.temperature)
-    return tuple(g if n else None for g, n in zip(grads, ctx.needs_input_grad[:3])) + (None,)
-
-
-salient_point_pos_embed.register_autograd(_backward, setup_context=_setup_context)
+_autograd.register(salient_point_pos_embed, salient_point_pos_embed_backward, "salient_point_pos_embed")

@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from .. import _autograd
 from ._common import autotune_configs, bin_scatter, bin_sum, grid_corner, roi_geometry
 from .roi_align import acc_dtype
 
@@ -99,7 +100,7 @@ def semantic_align(features: torch.Tensor, boxes: torch.Tensor, points: torch.Te
 def semantic_align_backward(grad_output: torch.Tensor, features: torch.Tensor, boxes: torch.Tensor,
                             points: torch.Tensor, weight_logits: torch.Tensor, output_size: int,
                             spatial_scale: float, sampling_ratio: int, aligned: bool,
-                            need_features: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, C, H, W = features.shape
     N, M = points.shape[1], points.shape[2]
     accum = features.new_zeros((B, H, W, C), dtype=torch.float64 if features.dtype == torch.float64 else torch.float32)
@@ -109,23 +110,9 @@ def semantic_align_backward(grad_output: torch.Tensor, features: torch.Tensor, b
         wrap_triton(_backward_kernel)[(B * N * M,)](
             grad_output.contiguous(), features, boxes.contiguous(), points.contiguous(), weight_logits.contiguous(),
             accum, grad_points, grad_logits, N, M, C, H, W, *features.stride(), spatial_scale, sampling_ratio,
-            aligned, need_features, S=output_size, BLOCK_C=triton.next_power_of_2(int(C)),
+            aligned, output_mask[0], S=output_size, BLOCK_C=triton.next_power_of_2(int(C)),
             ACC=acc_dtype(features.dtype))
     return accum.permute(0, 3, 1, 2).to(features.dtype), grad_points, grad_logits
 
 
-def _setup_context(ctx, inputs, output):
-    features, boxes, points, weight_logits, *args = inputs
-    ctx.save_for_backward(features, boxes, points, weight_logits)
-    ctx.args = tuple(args)
-
-
-def _backward(ctx, grad_output):
-    features, boxes, points, weight_logits = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    grads = semantic_align_backward(grad_output, features, boxes, points, weight_logits, *ctx.args, need[0])
-    grad_features, grad_points, grad_logits = (g if n else None for g, n in zip(grads, (need[0], need[2], need[3])))
-    return grad_features, None, grad_points, grad_logits, None, None, None, None
-
-
-semantic_align.register_autograd(_backward, setup_context=_setup_context)
+_autograd.register(semantic_align, semantic_align_backward, "semantic_align")

@@ -1,0 +1,74 @@
+"""Autograd formulas of the three ops, shared by every backend that registers them as custom ops (the compiled
+samdetr_ops::* and the Triton samdetr_ops_triton::*). Each backend's backward op has the same signature:
+
+    roi_align_backward(grad_output, boxes, feature_shape, output_size, spatial_scale, sampling_ratio, aligned)
+    semantic_align_backward(grad_output, features, boxes, points, weight_logits, output_size, spatial_scale,
+                            sampling_ratio, aligned, output_mask)
+    salient_point_pos_embed_backward(grad_output, boxes_cxcywh, points, weight_logits, temperature)
+"""
+import torch
+
+
+def register(forward_op, backward_op, kind):
+    """Registers forward_op's autograd (forward_op: an op name or a triton_op) with backward_op as its backward."""
+    setup_context, backward = _FORMULAS[kind](backward_op)
+    if isinstance(forward_op, str):
+        torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+    else:
+        forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+def _roi_align(backward_op):
+    def setup_context(ctx, inputs, output):
+        features, boxes, output_size, spatial_scale, sampling_ratio, aligned = inputs
+        ctx.save_for_backward(boxes)  # not the features: the op is linear in them
+        ctx.feature_shape = list(features.shape)
+        ctx.args = (output_size, spatial_scale, sampling_ratio, aligned)
+
+    def backward(ctx, grad_output):
+        (boxes,) = ctx.saved_tensors
+        grad_features = None
+        if ctx.needs_input_grad[0]:
+            grad_features = backward_op(grad_output, boxes, ctx.feature_shape, *ctx.args)
+        return grad_features, None, None, None, None, None
+
+    return setup_context, backward
+
+
+def _semantic_align(backward_op):
+    def setup_context(ctx, inputs, output):
+        features, boxes, points, weight_logits, *args = inputs
+        # Only the inputs are kept: the backward recomputes the few RoI bins it needs instead of saving the
+        # (B*N, C, S, S) RoI features and sampled values the unfused sequence keeps alive.
+        ctx.save_for_backward(features, boxes, points, weight_logits)
+        ctx.args = tuple(args)
+
+    def backward(ctx, grad_output):
+        need = ctx.needs_input_grad
+        mask = [need[0], need[2], need[3]]  # features, points, weight_logits
+        if not any(mask):
+            return (None,) * 8
+        grads = backward_op(grad_output, *ctx.saved_tensors, *ctx.args, mask)
+        grad_features, grad_points, grad_logits = (g if n else None for g, n in zip(grads, mask))
+        return grad_features, None, grad_points, grad_logits, None, None, None, None
+
+    return setup_context, backward
+
+
+def _pos_embed(backward_op):
+    def setup_context(ctx, inputs, output):
+        boxes_cxcywh, points, weight_logits, temperature = inputs
+        ctx.save_for_backward(boxes_cxcywh, points, weight_logits)
+        ctx.temperature = temperature
+
+    def backward(ctx, grad_output):
+        need = ctx.needs_input_grad[:3]
+        if not any(need):
+            return None, None, None, None
+        grads = backward_op(grad_output, *ctx.saved_tensors, ctx.temperature)
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None,)
+
+    return setup_context, backward
+
+
+_FORMULAS = {"roi_align": _roi_align, "semantic_align": _semantic_align, "salient_point_pos_embed": _pos_embed}
