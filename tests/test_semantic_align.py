@@ -116,6 +116,8 @@ def test_zero_size(device, B, N, M, C, H):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_is_deterministic(device):
+    """Bit-identical on CPU. On CUDA the point and logit gradients are bit-identical (no atomics) and the feature
+    gradient, an atomicAdd scatter (documented), is equal to rounding."""
     g = generator("semantic_align determinism", device)
     inputs = _inputs(g, (2, 64, 16, 16, 50, 8, 7), "channels_last", "mixed", 1.0, 1.0, torch.float32, device)
     grad = randn(g, 2, 50, 8, 64).to(device=device, dtype=torch.float32)
@@ -123,4 +125,8 @@ def test_backward_is_deterministic(device):
     first = torch.autograd.grad(samdetr_ops.semantic_align(*inputs), differentiable, grad)
     for _ in range(3):
         again = torch.autograd.grad(samdetr_ops.semantic_align(*inputs), differentiable, grad)
-        assert all(torch.equal(a, b) for a, b in zip(first, again))
+        assert torch.equal(first[1], again[1]) and torch.equal(first[2], again[2])
+        if device == "cpu":
+            assert torch.equal(first[0], again[0])
+        else:
+            torch.testing.assert_close(first[0], again[0], atol=1e-5, rtol=1e-5)
