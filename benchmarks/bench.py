@@ -122,7 +122,8 @@ def variants(op, device, wanted, compile_ref):
 
 
 def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cache):
-    """A zero-argument callable doing one measured step (rotating input sets), and the first set's output."""
+    """(step, first_output, inputs): a zero-argument callable doing one measured step (rotating input sets), one
+    returning the first set's output, and the first set's tensors (inputs, parameters) for the saved-memory count."""
     if op == "aligner_block":
         return build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache)
     call, grad_names = cases.op_call(op)
@@ -159,7 +160,7 @@ def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cach
         with torch.no_grad():
             return fn(x)
 
-    return step, first_output, [prepared[0][n] for n in grad_names] + list(prepared[0].values())
+    return step, first_output, list(prepared[0].values())  # every input of the first set, differentiable ones included
 
 
 def build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache):
