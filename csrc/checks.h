@@ -1,6 +1,6 @@
 // Argument validation shared by the CPU and CUDA kernels. The public Python functions validate first (with the
-// same messages, see samdetr_ops/_checks.py) so every backend rejects bad input alike; these checks keep a
-// direct torch.ops.samdetr_ops.* call memory-safe.
+// same messages, see samdetr_ops/_checks.py, which says why both exist) so every backend rejects bad input alike;
+// these checks keep a direct torch.ops.samdetr_ops.* call, which skips the Python ones, memory-safe.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -44,21 +44,31 @@ inline void check_roi_inputs(const char* op, const at::Tensor& features, const a
                     ": `sampling_ratio` must be a positive int or -1 (adaptive), got ", sampling_ratio);
 }
 
+// points (B, N, M, 2) and weight_logits (B, N, M, `letter`) beside boxes (B, N, 4), with the device and dtype of
+// `like`; channels: the required size of the logits' last dimension (< 0: any), `layout` their shape in messages.
+inline void check_points_and_logits(const char* op, const at::Tensor& like, const char* like_name,
+                                    const at::Tensor& boxes, const char* boxes_name, const at::Tensor& points,
+                                    const at::Tensor& weight_logits, int64_t channels, const char* letter,
+                                    const char* layout) {
+  check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)");
+  check_same_device_dtype(op, like, like_name, points, "points");
+  check_rank_and_last(op, weight_logits, "weight_logits", 4, channels, layout);
+  check_same_device_dtype(op, like, like_name, weight_logits, "weight_logits");
+  TORCH_CHECK_VALUE(points.size(0) == boxes.size(0) && points.size(1) == boxes.size(1), "samdetr_ops.", op,
+                    ": `points` must have shape (B, N, M, 2) with B, N = ", boxes.size(0), ", ", boxes.size(1),
+                    " as in `", boxes_name, "`, got ", points.sizes());
+  TORCH_CHECK_VALUE(weight_logits.sizes().slice(0, 3) == points.sizes().slice(0, 3), "samdetr_ops.", op,
+                    ": `weight_logits` must have shape (B, N, M, ", letter, ") with B, N, M = ",
+                    points.sizes().slice(0, 3), " as in `points`, got ", weight_logits.sizes());
+}
+
 // points (B, N, M, 2), weight_logits (B, N, M, C) for semantic_align.
 inline void check_semantic_align_inputs(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
                                         const at::Tensor& weight_logits, int64_t output_size, int64_t sampling_ratio) {
   const char* op = "semantic_align";
   check_roi_inputs(op, features, boxes, output_size, sampling_ratio);
-  check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)");
-  check_same_device_dtype(op, features, "features", points, "points");
-  check_rank_and_last(op, weight_logits, "weight_logits", 4, features.size(1), "(B, N, M, C) with C = features.size(1)");
-  check_same_device_dtype(op, features, "features", weight_logits, "weight_logits");
-  TORCH_CHECK_VALUE(points.size(0) == boxes.size(0) && points.size(1) == boxes.size(1), "samdetr_ops.", op,
-                    ": `points` must have shape (B, N, M, 2) with B, N = ", boxes.size(0), ", ", boxes.size(1),
-                    " as in `boxes`, got ", points.sizes());
-  TORCH_CHECK_VALUE(weight_logits.sizes().slice(0, 3) == points.sizes().slice(0, 3), "samdetr_ops.", op,
-                    ": `weight_logits` must have shape (B, N, M, C) with B, N, M = ", points.sizes().slice(0, 3),
-                    " as in `points`, got ", weight_logits.sizes());
+  check_points_and_logits(op, features, "features", boxes, "boxes", points, weight_logits, features.size(1), "C",
+                          "(B, N, M, C) with C = features.size(1)");
 }
 
 // boxes_cxcywh (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, D) with D even.
@@ -66,16 +76,8 @@ inline void check_pos_embed_inputs(const at::Tensor& boxes, const at::Tensor& po
   const char* op = "salient_point_pos_embed";
   check_rank_and_last(op, boxes, "boxes_cxcywh", 3, 4, "(B, N, 4)");
   check_floating(op, boxes, "boxes_cxcywh");
-  check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)");
-  check_same_device_dtype(op, boxes, "boxes_cxcywh", points, "points");
-  check_rank_and_last(op, weight_logits, "weight_logits", 4, -1, "(B, N, M, D)");
-  check_same_device_dtype(op, boxes, "boxes_cxcywh", weight_logits, "weight_logits");
-  TORCH_CHECK_VALUE(points.size(0) == boxes.size(0) && points.size(1) == boxes.size(1), "samdetr_ops.", op,
-                    ": `points` must have shape (B, N, M, 2) with B, N = ", boxes.size(0), ", ", boxes.size(1),
-                    " as in `boxes_cxcywh`, got ", points.sizes());
-  TORCH_CHECK_VALUE(weight_logits.sizes().slice(0, 3) == points.sizes().slice(0, 3), "samdetr_ops.", op,
-                    ": `weight_logits` must have shape (B, N, M, D) with B, N, M = ", points.sizes().slice(0, 3),
-                    " as in `points`, got ", weight_logits.sizes());
+  check_points_and_logits(op, boxes, "boxes_cxcywh", boxes, "boxes_cxcywh", points, weight_logits, -1, "D",
+                          "(B, N, M, D)");
   TORCH_CHECK_VALUE(weight_logits.size(3) % 2 == 0, "samdetr_ops.", op,
                     ": `weight_logits` must have an even last dimension D (half for y, half for x), got D = ",
                     weight_logits.size(3));

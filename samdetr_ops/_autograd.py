@@ -10,15 +10,18 @@ import torch
 
 
 def register(forward_op, backward_op, kind):
-    """Registers forward_op's autograd (forward_op: an op name or a triton_op) with backward_op as its backward."""
-    setup_context, backward = _FORMULAS[kind](backward_op)
+    """Registers forward_op's autograd (forward_op: an op name or a triton_op) with backward_op as its backward,
+    by the formula of the registered op named `kind`."""
+    from ._registry import OPS  # the registry imports this module
+
+    setup_context, backward = OPS[kind].autograd(backward_op)
     if isinstance(forward_op, str):
         torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
     else:
         forward_op.register_autograd(backward, setup_context=setup_context)
 
 
-def _roi_align(backward_op):
+def roi_align(backward_op):
     def setup_context(ctx, inputs, output):
         features, boxes, output_size, spatial_scale, sampling_ratio, aligned = inputs
         ctx.save_for_backward(boxes)  # not the features: the op is linear in them
@@ -35,7 +38,7 @@ def _roi_align(backward_op):
     return setup_context, backward
 
 
-def _semantic_align(backward_op):
+def semantic_align(backward_op):
     def setup_context(ctx, inputs, output):
         features, boxes, points, weight_logits, *args = inputs
         # Only the inputs are kept: the backward recomputes the few RoI bins it needs instead of saving the
@@ -55,7 +58,7 @@ def _semantic_align(backward_op):
     return setup_context, backward
 
 
-def _pos_embed(backward_op):
+def salient_point_pos_embed(backward_op):
     def setup_context(ctx, inputs, output):
         boxes_cxcywh, points, weight_logits, temperature = inputs
         ctx.save_for_backward(boxes_cxcywh, points, weight_logits)
@@ -69,6 +72,3 @@ def _pos_embed(backward_op):
         return tuple(g if n else None for g, n in zip(grads, need)) + (None,)
 
     return setup_context, backward
-
-
-_FORMULAS = {"roi_align": _roi_align, "semantic_align": _semantic_align, "salient_point_pos_embed": _pos_embed}

@@ -5,10 +5,14 @@ under TRITON_INTERPRET=1), "reference" (the unfused PyTorch sequence) and "auto"
 extension has a kernel for the tensor's device, else "reference" with one warning). Only "auto" ever falls back;
 asking for a backend that cannot run raises.
 """
+import contextlib
 import os
 import warnings
 
-from . import _ops, reference
+import torch
+
+from . import _ops
+from ._registry import OPS
 
 BACKENDS = ("auto", "cpp", "triton", "reference")
 ENV_VAR = "SAMDETR_OPS_BACKEND"
@@ -24,20 +28,20 @@ _state = {"backend": _validated(os.environ.get(ENV_VAR, "auto").strip().lower() 
 _warned = set()
 
 
-class use_backend:
-    """Selects the backend: `use_backend("cpp")` sets it for the process, `with use_backend("triton"):` for a
-    block (the previous choice comes back on exit)."""
+def set_backend(name: str) -> None:
+    """Selects the backend for the whole process (see also `use_backend` for a block)."""
+    _state["backend"] = _validated(name)
 
-    def __init__(self, name: str):
-        self._previous = _state["backend"]
-        _state["backend"] = _validated(name)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        _state["backend"] = self._previous
-        return False
+@contextlib.contextmanager
+def use_backend(name: str):
+    """`with use_backend("triton"):` selects the backend for a block; the previous choice comes back on exit."""
+    previous = _state["backend"]
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _state["backend"] = previous
 
 
 def current_backend() -> str:
@@ -60,11 +64,11 @@ def resolve(op: str, device):
     """The callable that computes `op` for tensors on `device` under the current backend."""
     backend = _state["backend"]
     if backend == "reference":
-        return getattr(reference, op)
+        return OPS[op].reference
     if backend == "triton":
         return _triton_impl(op, device)
     if _ops.has_kernel(op, device.type):
-        return getattr(_ops.ops, op)
+        return getattr(torch.ops.samdetr_ops, op)
     reason = ("the compiled extension is not built" if not _ops.LOADED
               else f"the compiled extension has no {device.type} kernel")
     if backend == "cpp":
@@ -73,5 +77,19 @@ def resolve(op: str, device):
     if (op, device.type) not in _warned:
         _warned.add((op, device.type))
         warnings.warn(f"samdetr_ops.{op}: {reason}; falling back to the unfused reference (slow)", RuntimeWarning,
-                      stacklevel=3)
-    return getattr(reference, op)
+                      stacklevel=4)
+    return OPS[op].reference
+
+
+def available_backends(op: str, device) -> list:
+    """The backends other than "auto" that can run `op` on `device` here (never warns, never falls back)."""
+    device = torch.device(device)
+    available = []
+    for name in BACKENDS[1:]:
+        try:
+            with use_backend(name):
+                resolve(op, device)
+        except RuntimeError:
+            continue
+        available.append(name)
+    return available

@@ -1,5 +1,10 @@
-"""Argument validation of the public functions, shared by every backend (the C++ kernels check the same things
-with the same messages, csrc/checks.h, to stay memory-safe when called directly through torch.ops)."""
+"""Argument validation of the public functions, one function per op with the op's own signature, shared by every
+backend and by the fake kernels.
+
+Why the same checks also live in C++ (csrc/checks.h): the public functions must reject bad input for every backend
+(the reference and Triton ones included, which have no C++ code), under torch.compile's fake tensors, and before
+any dtype cast, so they check here, in Python; a direct torch.ops.samdetr_ops.* call skips this module, so the C++
+kernels check again to stay memory-safe. Both give the same messages (tests/test_api.py holds them to it)."""
 import torch
 
 
@@ -34,7 +39,23 @@ def _check_floating(op, t, name):
         _fail_type(op, f"`{name}` must be a floating-point tensor, got {t.dtype}")
 
 
-def roi_inputs(op, features, boxes, output_size, sampling_ratio):
+def _check_points_and_logits(op, like, like_name, boxes, boxes_name, points, weight_logits, channels, letter,
+                             note=""):
+    """points (B, N, M, 2) and weight_logits (B, N, M, `letter`) beside boxes (B, N, 4), with the device and dtype of
+    `like`; channels: the required size of the last dimension (None: any), `note` says where it comes from."""
+    _check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)")
+    _check_same_device_dtype(op, like, like_name, points, "points")
+    _check_rank_and_last(op, weight_logits, "weight_logits", 4, channels, f"(B, N, M, {letter}){note}")
+    _check_same_device_dtype(op, like, like_name, weight_logits, "weight_logits")
+    if points.shape[:2] != boxes.shape[:2]:
+        _fail_value(op, f"`points` must have shape (B, N, M, 2) with B, N = {tuple(boxes.shape[:2])} as in "
+                        f"`{boxes_name}`, got {tuple(points.shape)}")
+    if weight_logits.shape[:3] != points.shape[:3]:
+        _fail_value(op, f"`weight_logits` must have shape (B, N, M, {letter}) with B, N, M = "
+                        f"{tuple(points.shape[:3])} as in `points`, got {tuple(weight_logits.shape)}")
+
+
+def _roi_inputs(op, features, boxes, output_size, sampling_ratio):
     """features (B, C, H, W), boxes (B, N, 4)."""
     _check_rank_and_last(op, features, "features", 4, None, "(B, C, H, W)")
     _check_floating(op, features, "features")
@@ -49,38 +70,23 @@ def roi_inputs(op, features, boxes, output_size, sampling_ratio):
         _fail_value(op, f"`sampling_ratio` must be a positive int or -1 (adaptive), got {sampling_ratio}")
 
 
-def semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio):
-    """features (B, C, H, W), boxes (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, C)."""
-    op = "semantic_align"
-    roi_inputs(op, features, boxes, output_size, sampling_ratio)
-    _check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)")
-    _check_same_device_dtype(op, features, "features", points, "points")
-    _check_rank_and_last(op, weight_logits, "weight_logits", 4, features.shape[1],
-                         "(B, N, M, C) with C = features.size(1)")
-    _check_same_device_dtype(op, features, "features", weight_logits, "weight_logits")
-    if points.shape[:2] != boxes.shape[:2]:
-        _fail_value(op, f"`points` must have shape (B, N, M, 2) with B, N = {tuple(boxes.shape[:2])} as in `boxes`, "
-                        f"got {tuple(points.shape)}")
-    if weight_logits.shape[:3] != points.shape[:3]:
-        _fail_value(op, f"`weight_logits` must have shape (B, N, M, C) with B, N, M = {tuple(points.shape[:3])} "
-                        f"as in `points`, got {tuple(weight_logits.shape)}")
+def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
+    _roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
 
 
-def pos_embed_inputs(boxes_cxcywh, points, weight_logits):
-    """boxes_cxcywh (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, D), D even."""
+def semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
+                   aligned=True):
+    _roi_inputs("semantic_align", features, boxes, output_size, sampling_ratio)
+    _check_points_and_logits("semantic_align", features, "features", boxes, "boxes", points, weight_logits,
+                             features.shape[1], "C", " with C = features.size(1)")
+
+
+def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0):
     op = "salient_point_pos_embed"
     _check_rank_and_last(op, boxes_cxcywh, "boxes_cxcywh", 3, 4, "(B, N, 4)")
     _check_floating(op, boxes_cxcywh, "boxes_cxcywh")
-    _check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)")
-    _check_same_device_dtype(op, boxes_cxcywh, "boxes_cxcywh", points, "points")
-    _check_rank_and_last(op, weight_logits, "weight_logits", 4, None, "(B, N, M, D)")
-    _check_same_device_dtype(op, boxes_cxcywh, "boxes_cxcywh", weight_logits, "weight_logits")
-    if points.shape[:2] != boxes_cxcywh.shape[:2]:
-        _fail_value(op, f"`points` must have shape (B, N, M, 2) with B, N = {tuple(boxes_cxcywh.shape[:2])} as in "
-                        f"`boxes_cxcywh`, got {tuple(points.shape)}")
-    if weight_logits.shape[:3] != points.shape[:3]:
-        _fail_value(op, f"`weight_logits` must have shape (B, N, M, D) with B, N, M = {tuple(points.shape[:3])} "
-                        f"as in `points`, got {tuple(weight_logits.shape)}")
+    _check_points_and_logits(op, boxes_cxcywh, "boxes_cxcywh", boxes_cxcywh, "boxes_cxcywh", points, weight_logits,
+                             None, "D")
     if weight_logits.shape[3] % 2 != 0:
         _fail_value(op, "`weight_logits` must have an even last dimension D (half for y, half for x), "
                         f"got D = {weight_logits.shape[3]}")

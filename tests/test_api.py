@@ -72,15 +72,16 @@ def test_bad_input_raises_a_clear_error(backend, call, error, message):
 @pytest.mark.parametrize("call,error,message", [
     (lambda g: torch.ops.samdetr_ops.roi_align(g["features"], g["boxes"][:, :, :3]), ValueError,
      r"`boxes` must have shape \(B, N, 4\)"),
-    (lambda g: torch.ops.samdetr_ops.semantic_align(g["features"], g["boxes"], g["points"], g["weight_logits"][..., :3]),
+    (lambda g: torch.ops.samdetr_ops.semantic_align(g["features"], g["boxes"], g["points"],
+                                                    g["weight_logits"][..., :3]),
      ValueError, r"`weight_logits` must have shape \(B, N, M, C\)"),
     (lambda g: torch.ops.samdetr_ops.salient_point_pos_embed(g["cxcywh"], g["points"], g["embed_logits"][..., :7]),
      ValueError, r"even last dimension"),
-    (lambda g: torch.ops.samdetr_ops.roi_align(g["features"].half(), g["boxes"].half()), TypeError,
-     r"the CPU kernel supports float32 and float64"),
+    (lambda g: torch.ops.samdetr_ops.roi_align(g["features"].int(), g["boxes"].int()), TypeError,
+     r"`features` must be a floating-point tensor"),
     (lambda g: torch.ops.samdetr_ops.roi_align_backward(torch.randn(2, 3, 4, 7, 7), g["boxes"], [2, 4, 6], 7, 1.0, -1,
                                                         True), ValueError, r"`feature_shape` must be \(B, C, H, W\)"),
-], ids=["roi", "semantic", "pos", "half-on-cpu", "feature-shape"])
+], ids=["roi", "semantic", "pos", "integer", "feature-shape"])
 def test_direct_op_calls_are_checked_in_cpp(call, error, message):
     """torch.ops.samdetr_ops.* bypasses the Python checks: the kernels check again, and never read out of bounds."""
     with pytest.raises(error, match=message):
@@ -94,7 +95,7 @@ def test_mixed_devices_are_rejected():
         samdetr_ops.roi_align(g["features"].cuda(), g["boxes"])
 
 
-def test_use_backend_is_a_setter_and_a_context_manager():
+def test_set_backend_and_the_use_backend_context_manager():
     start = samdetr_ops.current_backend()
     with samdetr_ops.use_backend("reference"):
         assert samdetr_ops.current_backend() == "reference"
@@ -102,14 +103,61 @@ def test_use_backend_is_a_setter_and_a_context_manager():
             assert samdetr_ops.current_backend() == "auto"
         assert samdetr_ops.current_backend() == "reference"
     assert samdetr_ops.current_backend() == start
-    previous = samdetr_ops.use_backend("reference")
+    with pytest.raises(RuntimeError), samdetr_ops.use_backend("reference"):
+        raise RuntimeError("the previous backend comes back on an exception too")
+    assert samdetr_ops.current_backend() == start
+    samdetr_ops.set_backend("reference")
     try:
         assert samdetr_ops.current_backend() == "reference"
     finally:
-        previous.__exit__(None, None, None)
+        samdetr_ops.set_backend(start)
     assert samdetr_ops.current_backend() == start
     with pytest.raises(ValueError, match="unknown backend 'fastest'"):
-        samdetr_ops.use_backend("fastest")
+        samdetr_ops.set_backend("fastest")
+    with pytest.raises(ValueError, match="unknown backend 'fastest'"), samdetr_ops.use_backend("fastest"):
+        pass
+    assert samdetr_ops.current_backend() == start
+
+
+def test_available_backends():
+    available = samdetr_ops.available_backends("semantic_align", "cpu")
+    assert "reference" in available and "auto" not in available
+    assert ("cpp" in available) == samdetr_ops.has_extension()
+
+
+def test_registry_describes_every_op():
+    """Each registered op is exported, has its reference, checks, compiled forward and backward and Triton module."""
+    import importlib.util
+
+    assert set(samdetr_ops.OPS) == {"roi_align", "semantic_align", "salient_point_pos_embed"}
+    for name, spec in samdetr_ops.OPS.items():
+        assert getattr(samdetr_ops, name) is spec.public and spec.public.__name__ == name
+        assert spec.reference is getattr(samdetr_ops.reference, name)
+        assert set(spec.differentiable) <= set(spec.tensor_args)
+        assert importlib.util.find_spec(f"samdetr_ops.triton.{spec.triton_module}") is not None
+        if samdetr_ops.has_extension():
+            for op in (name, name + "_backward"):
+                assert torch._C._dispatch_has_kernel_for_dispatch_key(f"samdetr_ops::{op}", "CPU"), op
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("op", ["roi_align", "semantic_align", "salient_point_pos_embed"])
+def test_autocast_computes_in_float32_and_returns_the_input_dtype(op, dtype):
+    """As torchvision's roi_align: under torch.autocast the op computes in float32 and returns the dtype of its first
+    argument (float32 inputs stay float32, low-precision ones come back in their dtype)."""
+    g = _good()
+    inputs = {"roi_align": (g["features"], g["boxes"]),
+              "semantic_align": (g["features"], g["boxes"], g["points"], g["weight_logits"]),
+              "salient_point_pos_embed": (g["cxcywh"], g["points"], g["embed_logits"])}[op]
+    fn, reference_fn = getattr(samdetr_ops, op), getattr(samdetr_ops.reference, op)
+    low = tuple(t.to(dtype) for t in inputs)
+    mixed = (inputs[0],) + low[1:]
+    with torch.autocast("cpu", dtype=dtype):
+        out_low, out_mixed = fn(*low), fn(*mixed)
+    assert out_low.dtype == dtype and out_mixed.dtype == torch.float32
+    expected = reference_fn(*(t.float() for t in low))
+    torch.testing.assert_close(out_low, expected.to(dtype))
+    torch.testing.assert_close(out_mixed, reference_fn(*(t.float() for t in mixed)), atol=1e-5, rtol=1e-5)
 
 
 def test_reference_backend_runs_the_reference():

@@ -1,16 +1,15 @@
-"""The Triton backend: roi_align, semantic_align and salient_point_pos_embed as torch.library.triton_op custom ops
-(namespace samdetr_ops_triton), so torch.compile sees through them. They run on CUDA tensors, and on CPU tensors
-under the Triton interpreter (TRITON_INTERPRET=1, set before samdetr_ops.triton is first imported), which is how
-CI tests them."""
+"""The Triton backend: each registered op (samdetr_ops._registry) as a torch.library.triton_op custom op (namespace
+samdetr_ops_triton), so torch.compile sees through them, defined in the module the registry names. They run on CUDA
+tensors, and on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1, set before samdetr_ops.triton is
+first imported), which is how CI tests them."""
+import importlib
 import os
 
 import triton  # noqa: F401  (ImportError here: the backend is unavailable)
 
-from .roi_align import roi_align
-from .salient_point_pos_embed import salient_point_pos_embed
-from .semantic_align import semantic_align
+from .._registry import OPS
 
-_OPS = {"roi_align": roi_align, "semantic_align": semantic_align, "salient_point_pos_embed": salient_point_pos_embed}
+_OPS = {name: getattr(importlib.import_module(f".{spec.triton_module}", __name__), name) for name, spec in OPS.items()}
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

@@ -1,0 +1,53 @@
+"""The public functions of the registered ops (re-exported by samdetr_ops): argument checks, autocast, backend."""
+import torch
+
+from ._backend import resolve
+from ._registry import OPS, public
+
+
+def _call(op, *args):
+    """Validates the arguments of registered op `op` and runs it on the current backend. Under torch.autocast the op
+    computes in float32 (sampling positions and box coordinates need more than 8 bits of mantissa) and returns the
+    dtype of its first argument, as torchvision's roi_align does."""
+    out_dtype = None
+    first = args[0]
+    if isinstance(first, torch.Tensor):  # else the check below names the bad argument
+        device_type = first.device.type
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            out_dtype = first.dtype
+            args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
+    OPS[op].check(*args)
+    out = resolve(op, first.device)(*args)
+    return out if out_dtype is None else out.to(out_dtype)
+
+
+@public
+def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
+    """RoIAlign of B x N boxes: features (B, C, H, W), boxes (B, N, 4) as x1, y1, x2, y2 in input pixels
+    (features are `spatial_scale` times smaller) -> (B, N, C, S, S), S = output_size. Equal to torchvision's
+    roi_align on `list(boxes.unbind(0))`; differentiable in `features` only, like torchvision's. For torchvision's
+    own signature and box forms, see samdetr_ops.ops.roi_align."""
+    return _call("roi_align", features, boxes, output_size, float(spatial_scale), sampling_ratio, bool(aligned))
+
+
+@public
+def semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
+                   aligned=True):
+    """SAM-DETR's semantics aligner, fused: RoIAlign each box to S x S, sample the C features at its M salient
+    points (grid_sample, bilinear, zero padding, align_corners=False) and multiply by sigmoid(weight_logits).
+
+    features (B, C, H, W) (channels-last is the fast path), boxes (B, N, 4) x1 y1 x2 y2 in input pixels,
+    points (B, N, M, 2) normalised (x, y) over the RoI grid, weight_logits (B, N, M, C) -> (B, N, M, C).
+    Differentiable in features, points and weight_logits (not boxes)."""
+    return _call("semantic_align", features, boxes, points, weight_logits, output_size, float(spatial_scale),
+                 sampling_ratio, bool(aligned))
+
+
+@public
+def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0):
+    """Sinusoidal embedding of salient points, reweighted: position = center + 0.5 * wh * points, each coordinate
+    embedded with D/2 sine/cosine features (y first, then x), times sigmoid(weight_logits).
+
+    boxes_cxcywh (B, N, 4) normalised, points (B, N, M, 2) in [-1, 1], weight_logits (B, N, M, D), D even
+    -> (B, N, M, D). Differentiable in all three tensors."""
+    return _call("salient_point_pos_embed", boxes_cxcywh, points, weight_logits, float(temperature))
