@@ -3,7 +3,6 @@ seeded generator, so a failure reproduces; SAMDETR_TEST_SEED changes the draw.""
 import os
 import zlib
 
-import pytest
 import torch
 
 import samdetr_ops
@@ -11,14 +10,14 @@ import samdetr_ops
 BASE_SEED = int(os.environ.get("SAMDETR_TEST_SEED", "20221"))
 
 HAS_CUDA = torch.cuda.is_available()
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device"))]
-
-# Backends of the full test matrix: the compiled kernels, and the Triton kernels where they run compiled (CUDA).
-# On CPU the Triton kernels run in the interpreter, far too slowly for the full matrix: tests/test_triton.py
-# covers them there with small shapes.
-BACKENDS = [pytest.param("cpp", id="cpp"),
-            pytest.param("triton", id="triton", marks=pytest.mark.skipif(not HAS_CUDA, reason="Triton on CPU: see test_triton.py"))]
+# Parameter lists hold only what this machine can run, so no test cell is collected just to be skipped.
+DEVICES = ["cpu", "cuda"] if HAS_CUDA else ["cpu"]
+# (device, backend) pairs of the full test matrix: the compiled kernels on every device, and the Triton kernels
+# where they run compiled (CUDA). On CPU the Triton kernels run in the interpreter, far too slowly for the full
+# matrix: tests/test_triton.py covers them there with small shapes.
+TARGETS = [("cpu", "cpp")] + ([("cuda", "cpp"), ("cuda", "triton")] if HAS_CUDA else [])
+# The backends whose float64 gradcheck runs here (gradcheck_device says on which device).
+BACKENDS = ["cpp", "triton"] if HAS_CUDA else ["cpp"]
 
 # Absolute/relative tolerances against the reference, by dtype (see test docstrings for what is compared):
 # float64 kernels do the same arithmetic as the reference in another order, so only rounding of ~1e-16 per op,
@@ -106,15 +105,41 @@ def assert_close(actual, expected, tol, what=""):
     torch.testing.assert_close(actual, expected, **tol, msg=lambda m: f"{what}: {m}")
 
 
-def use(backend):
-    return samdetr_ops.use_backend(backend)
-
-
-def skip_unsupported(backend, device):
-    """Triton kernels run compiled on CUDA only (the interpreter case is test_triton.py's)."""
-    if backend == "triton" and device != "cuda":
-        pytest.skip("Triton runs compiled on CUDA tensors only")
-
-
 def gradcheck_device(backend):
     return "cuda" if backend == "triton" else "cpu"
+
+
+def check_against_reference(op, inputs, args=(), backend="cpp", grad_tol_scale=None, g=None):
+    """Checks registered op `op` (samdetr_ops.OPS) on one backend against its reference, the way torchvision's
+    RoIOpTester checks its ops: the output (shape, dtype, device, values) and the gradient of every differentiable
+    input for one random output gradient, within FORWARD_TOL / BACKWARD_TOL of the inputs' dtype.
+
+    inputs: the op's tensor arguments in order (any device, any dtype of the tolerance tables); args: the scalar
+    arguments that follow; grad_tol_scale: {input name: factor} widening BACKWARD_TOL for a gradient that sums
+    many terms (the caller says why); g: the generator of the output gradient. Returns (output, gradients)."""
+    spec = samdetr_ops.OPS[op]
+    names = spec.tensor_args
+    assert len(inputs) == len(names), f"{op} takes the tensors {names}"
+    leaves = [t.detach().requires_grad_(name in spec.differentiable) for name, t in zip(names, inputs)]
+    wrt = [t for t in leaves if t.requires_grad]
+    with samdetr_ops.use_backend(backend):
+        out = spec.public(*leaves, *args)
+    expected = spec.reference(*leaves, *args)
+    dtype = leaves[0].dtype
+    assert (out.shape, out.dtype, out.device) == (expected.shape, expected.dtype, expected.device), \
+        f"{op}: got {out.shape} {out.dtype} on {out.device}, expected {expected.shape} {expected.dtype}"
+    assert_close(out, expected, FORWARD_TOL[dtype], f"{op} forward ({backend})")
+    g = g if g is not None else generator(op, "output gradient")
+    grad_output = randn(g, *out.shape).to(device=out.device, dtype=dtype)
+    grads = torch.autograd.grad(out, wrt, grad_output, allow_unused=True)
+    expected_grads = torch.autograd.grad(expected, wrt, grad_output, allow_unused=True)
+    differentiable = [name for name in names if name in spec.differentiable]
+    for name, leaf, actual, wanted in zip(differentiable, wrt, grads, expected_grads):
+        # The reference may return None for an input that did not influence a zero-size output: that is zeros.
+        wanted = torch.zeros_like(leaf) if wanted is None else wanted
+        assert actual is not None, f"{op}: no gradient for `{name}`"
+        assert actual.shape == leaf.shape, f"{op}: gradient of `{name}` has shape {actual.shape}"
+        factor = (grad_tol_scale or {}).get(name, 1)
+        tol = {key: value * factor for key, value in BACKWARD_TOL[dtype].items()}
+        assert_close(actual, wanted, tol, f"{op} gradient of `{name}` ({backend})")
+    return out, grads

@@ -1,11 +1,21 @@
 """samdetr_ops.semantic_align against the unfused roi_align -> grid_sample -> permute -> sigmoid-mul sequence."""
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import samdetr_ops
-from samdetr_ops import reference
-from helpers import (gradcheck_device, skip_unsupported, BACKENDS, BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_boxes,
-                     make_features, make_points, randn, use)
+from helpers import (
+    BACKENDS,
+    DEVICES,
+    TARGETS,
+    check_against_reference,
+    generator,
+    gradcheck_device,
+    make_boxes,
+    make_features,
+    make_points,
+    randn,
+)
 
 SHAPES = [  # B, C, H, W, N, M, S
     (2, 8, 13, 17, 5, 8, 7),
@@ -23,8 +33,7 @@ def _inputs(g, shape, layout, kind, spread, scale, dtype, device):
     return features, boxes, points, logits
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device,backend", TARGETS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
@@ -33,22 +42,10 @@ def _inputs(g, shape, layout, kind, spread, scale, dtype, device):
 @pytest.mark.parametrize("aligned,sampling_ratio,spatial_scale", [(True, -1, 1.0), (False, 2, 0.25)])
 def test_forward_and_backward_match_reference(device, backend, dtype, shape, layout, kind, spread, aligned,
                                               sampling_ratio, spatial_scale):
-    skip_unsupported(backend, device)
-    S = shape[-1]
     g = generator("semantic_align", device, dtype, shape, layout, kind, spread, aligned, sampling_ratio)
     inputs = _inputs(g, shape, layout, kind, spread, spatial_scale, dtype, device)
-    args = (S, spatial_scale, sampling_ratio, aligned)
-    with use(backend):
-        out = samdetr_ops.semantic_align(*inputs, *args)
-    expected = reference.semantic_align(*inputs, *args)
-    assert out.shape == inputs[3].shape and out.dtype == dtype
-    assert_close(out, expected, FORWARD_TOL[dtype], "forward")
-    grad = randn(g, *out.shape).to(device=device, dtype=dtype)
-    differentiable = (inputs[0], inputs[2], inputs[3])
-    grads = torch.autograd.grad(out, differentiable, grad)
-    expected_grads = torch.autograd.grad(expected, differentiable, grad)
-    for name, actual, wanted in zip(("features", "points", "weight_logits"), grads, expected_grads):
-        assert_close(actual, wanted, BACKWARD_TOL[dtype], f"grad {name}")
+    check_against_reference("semantic_align", inputs, (shape[-1], spatial_scale, sampling_ratio, aligned), backend,
+                            g=g)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -57,24 +54,52 @@ def test_gradcheck_float64(backend, aligned, sampling_ratio):
     g = generator("semantic_align gradcheck", aligned, sampling_ratio)
     features, boxes, points, logits = _inputs(g, (2, 3, 6, 7, 3, 4, 4), "channels_last", "mixed", 1.2, 1.0,
                                               torch.float64, gradcheck_device(backend))
-    fn = lambda f, p, l: samdetr_ops.semantic_align(f, boxes, p, l, 4, 1.0, sampling_ratio, aligned)  # noqa: E731
-    with use(backend):
+    def fn(f, p, w):
+        return samdetr_ops.semantic_align(f, boxes, p, w, 4, 1.0, sampling_ratio, aligned)
+
+    with samdetr_ops.use_backend(backend):
         assert torch.autograd.gradcheck(fn, (features, points, logits))
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("wanted", [(True, False, False), (False, True, False), (False, False, True)],
-                         ids=["features", "points", "logits"])
-def test_partial_gradients(device, wanted):
-    """Only the gradients asked for are computed (the op's output_mask), and they equal the full backward's."""
+class _RecordBackwardCalls(TorchDispatchMode):
+    """Records (output_mask, outputs) of every semantic_align_backward op call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.name().endswith("::semantic_align_backward"):
+            self.calls.append((list(args[-1]), out))
+        return out
+
+
+@pytest.mark.parametrize("device,backend", TARGETS)
+@pytest.mark.parametrize("wanted", [(True, False, False), (False, True, False), (False, False, True),
+                                    (True, False, True)], ids=["features", "points", "logits", "features+logits"])
+def test_partial_gradients(device, backend, wanted):
+    """The backward op is asked for exactly the gradients autograd needs (its output_mask), leaves the others
+    uncomputed (zeros, where the full backward's are not), and gives the requested ones as the full backward does."""
     g = generator("semantic_align partial", device, wanted)
     features, boxes, points, logits = _inputs(g, (2, 16, 8, 9, 6, 8, 7), "channels_last", "mixed", 1.1, 1.0,
                                               torch.float64, device)
-    full = torch.autograd.grad(samdetr_ops.semantic_align(features, boxes, points, logits).sum(),
-                               (features, points, logits))
-    chosen = [t for t, w in zip((features, points, logits), wanted) if w]
-    partial = torch.autograd.grad(samdetr_ops.semantic_align(features, boxes, points, logits).sum(), chosen)
-    assert torch.equal(partial[0], [f for f, w in zip(full, wanted) if w][0])
+    differentiable = (features, points, logits)
+    with samdetr_ops.use_backend(backend):
+        full = torch.autograd.grad(samdetr_ops.semantic_align(features, boxes, points, logits).sum(), differentiable)
+        chosen = [t for t, w in zip(differentiable, wanted) if w]
+        out = samdetr_ops.semantic_align(features, boxes, points, logits).sum()
+        with _RecordBackwardCalls() as recorder:
+            partial = torch.autograd.grad(out, chosen)
+    assert len(recorder.calls) == 1, recorder.calls
+    mask, computed = recorder.calls[0]
+    assert mask == list(wanted)
+    for name, w, grad_full, grad_computed in zip(("features", "points", "weight_logits"), wanted, full, computed):
+        assert grad_full.abs().max() > 0, name
+        if not w:
+            assert (grad_computed == 0).all(), f"the gradient of `{name}` was computed though not requested"
+    for grad_partial, grad_full in zip(partial, [f for f, w in zip(full, wanted) if w]):
+        assert torch.equal(grad_partial, grad_full)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -99,19 +124,15 @@ def test_nonfinite_and_absurd_inputs_are_safe(device):
     assert all(torch.isfinite(t).all() for t in grads)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,backend", TARGETS)
 @pytest.mark.parametrize("B,N,M,C,H", [(0, 3, 8, 4, 5), (2, 0, 8, 4, 5), (2, 3, 0, 4, 5), (2, 3, 8, 0, 5),
                                        (2, 3, 8, 4, 0)])
-def test_zero_size(device, B, N, M, C, H):
+def test_zero_size(device, backend, B, N, M, C, H):
     g = generator("semantic_align zero", device, B, N, M, C, H)
-    features, boxes, points, logits = _inputs(g, (B, C, H, 5, N, M, 7), "contiguous", "mixed", 1.0, 1.0,
-                                              torch.float32, device)
-    out = samdetr_ops.semantic_align(features, boxes, points, logits)
+    inputs = _inputs(g, (B, C, H, 5, N, M, 7), "contiguous", "mixed", 1.0, 1.0, torch.float32, device)
+    out, grads = check_against_reference("semantic_align", inputs, (7,), backend, g=g)
     assert out.shape == (B, N, M, C)
-    assert_close(out, reference.semantic_align(features, boxes, points, logits), FORWARD_TOL[torch.float32], "fwd")
-    grads = torch.autograd.grad(out.sum(), (features, points, logits), allow_unused=True)
-    for grad, t in zip(grads, (features, points, logits)):
-        assert grad is None or (grad.shape == t.shape and torch.isfinite(grad).all())
+    assert all(torch.isfinite(grad).all() for grad in grads)
 
 
 @pytest.mark.parametrize("device", DEVICES)
