@@ -21,8 +21,8 @@ import time
 import torch
 
 import samdetr_ops
-from samdetr_ops.nn import SemanticAligner
 from benchmarks import cases
+from samdetr_ops.nn import SemanticAligner
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 INPUT_SETS = 3  # inputs rotate through this many independent sets, so no cache holds one set for every call
@@ -108,16 +108,13 @@ def peak_bytes(run, device):
 # --------------------------------------------------------------------------------------------------- variants
 def variants(op, device, wanted, compile_ref):
     """name -> implementation module (an object with roi_align / semantic_align / salient_point_pos_embed)."""
-    out = {"reference": cases.ReferenceOps}
+    out = {"reference": cases.REFERENCE}
     if compile_ref:
         out["compiled-ref"] = "compile"
+    available = samdetr_ops.available_backends(op if op != "aligner_block" else "semantic_align", device)
     for backend in ("cpp", "triton"):
-        try:
-            with samdetr_ops.use_backend(backend):
-                samdetr_ops._backend.resolve(op if op != "aligner_block" else "semantic_align", device)
+        if backend in available:
             out[backend] = cases.BackendOps(backend)
-        except RuntimeError:
-            pass
     return {k: v for k, v in out.items() if wanted is None or k in wanted or k == "reference"}
 
 
@@ -130,7 +127,7 @@ def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cach
     if impl == "compile":
         key = op  # one compiled function per op: forward and forward+backward share its artifacts
         if key not in compiled_cache:
-            compiled_cache[key] = torch.compile(lambda x: call(cases.ReferenceOps, x), dynamic=False)
+            compiled_cache[key] = torch.compile(lambda x: call(cases.REFERENCE, x), dynamic=False)
         fn = compiled_cache[key]
     else:
         fn = lambda x: call(impl, x)  # noqa: E731
@@ -166,7 +163,7 @@ def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cach
 def build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache):
     """SAM-DETR's semantics aligner block (roi_align -> point ConvNet/MLP -> salient-point sampling ->
     reweighting -> position embedding) on the fused ops (a backend) or on the reference ops."""
-    backend = "reference" if impl is cases.ReferenceOps else (None if impl == "compile" else impl.backend)
+    backend = "reference" if impl is cases.REFERENCE else (None if impl == "compile" else impl.backend)
     key = ("block", shape.C, shape.M, device, dtype)
     if key not in compiled_cache:
         torch.manual_seed(0)
@@ -210,8 +207,9 @@ def build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_ca
 
 # ----------------------------------------------------------------------------------------------------- main
 def environment(device):
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    if device.type == "cpu":
+    if device.type == "cuda":
+        card = torch.cuda.get_device_name(device)
+    else:
         card = f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -6,13 +6,14 @@ setups); M = 8 heads; C = 256.
 """
 import dataclasses
 import itertools
+import types
 
 import torch
 
 import samdetr_ops
-from samdetr_ops import reference
 
-OPS = ("semantic_align", "roi_align", "salient_point_pos_embed", "aligner_block")
+# Every registered op, plus the whole aligner block (nn.SemanticAligner). An op needs an entry in OP_CALLS below.
+OPS = tuple(samdetr_ops.OPS) + ("aligner_block",)
 MODES = ("forward", "forward+backward", "inference")
 
 
@@ -31,7 +32,7 @@ class Shape:
 
 def shapes(device: str, preset: str):
     if preset == "quick":
-        if device == "cpu":  # the foundation issue's shape, and SAM-DETR's stride-32 map at batch 1
+        if device == "cpu":  # a 32 x 32 map at batch 2 (a square 1024 x 1024 image), and SAM-DETR's 25 x 38 at batch 1
             return [Shape(2, 300, 32, 32), Shape(1, 300, 25, 38)]
         return [Shape(4, 300, 25, 38), Shape(4, 300, 50, 76)]
     maps = [(25, 38), (50, 76)]
@@ -58,17 +59,20 @@ def make_inputs(shape: Shape, device, dtype, seed):
                 logits=cast(logits), query=cast(query))
 
 
+# op name -> (fn(impl, inputs) -> output, names of the differentiable inputs); impl is an object with the op as an
+# attribute (REFERENCE or a BackendOps), inputs the dict of make_inputs.
+OP_CALLS = {
+    "roi_align": (lambda impl, x: impl.roi_align(x["features"], x["boxes"], 7), ("features",)),
+    "semantic_align": (lambda impl, x: impl.semantic_align(x["features"], x["boxes"], x["points"], x["logits"], 7),
+                       ("features", "points", "logits")),
+    "salient_point_pos_embed": (lambda impl, x: impl.salient_point_pos_embed(x["cxcywh"], x["points"], x["logits"]),
+                                ("cxcywh", "points", "logits")),
+}
+
+
 def op_call(op: str):
-    """(fn(impl_module, inputs) -> output, names of the differentiable inputs)."""
-    if op == "roi_align":
-        return (lambda impl, x: impl.roi_align(x["features"], x["boxes"], 7)), ("features",)
-    if op == "semantic_align":
-        return ((lambda impl, x: impl.semantic_align(x["features"], x["boxes"], x["points"], x["logits"], 7)),
-                ("features", "points", "logits"))
-    if op == "salient_point_pos_embed":
-        return ((lambda impl, x: impl.salient_point_pos_embed(x["cxcywh"], x["points"], x["logits"])),
-                ("cxcywh", "points", "logits"))
-    raise ValueError(op)
+    """(fn(impl, inputs) -> output, names of the differentiable inputs)."""
+    return OP_CALLS[op]
 
 
 def min_bytes(op: str, shape: Shape, itemsize: int) -> int:
@@ -86,11 +90,8 @@ def min_bytes(op: str, shape: Shape, itemsize: int) -> int:
     return 0
 
 
-class ReferenceOps:
-    """The unfused sequences, called the way the fused ops are."""
-    roi_align = staticmethod(reference.roi_align)
-    semantic_align = staticmethod(reference.semantic_align)
-    salient_point_pos_embed = staticmethod(reference.salient_point_pos_embed)
+# The unfused sequences (each registered op's reference), called the way the fused ops are.
+REFERENCE = types.SimpleNamespace(**{name: spec.reference for name, spec in samdetr_ops.OPS.items()})
 
 
 class BackendOps:

@@ -42,8 +42,8 @@ def _batched_boxes(batch_size: int, boxes: Union[Tensor, List[Tensor]]) -> Tuple
     fewer than N boxes) and, unless the K boxes are exactly those rows in order, the (K,) row of each box in the
     flattened (B' * N) batch."""
     if isinstance(boxes, Tensor):
-        _require(boxes.dim() == 2 and boxes.size(1) == 5,
-                 "`boxes` as a tensor must have shape [K, 5] (image index, x1, y1, x2, y2), got " + str(list(boxes.shape)))
+        _require(boxes.dim() == 2 and boxes.size(1) == 5, "`boxes` as a tensor must have shape [K, 5] "
+                 "(image index, x1, y1, x2, y2), got " + str(list(boxes.shape)))
         image = boxes[:, 0].to(torch.long)  # torchvision truncates the index to an int likewise
         coords = boxes[:, 1:]
         num_images = batch_size
