@@ -3,12 +3,14 @@
 #   make bench   venv + torch + build + the microbenchmark (CUDA when present, else CPU)
 # and, on a GPU machine with torch already installed (no registry there):
 #   make gpu-check   build with the system python3, full tests on CUDA, compute-sanitizer, benchmarks
+# Checks: make lint (ruff), make install-check (pip install from another directory, used from outside the checkout),
+#   make torchvision-tests TORCHVISION_TESTS=DIR (torchvision's own RoIAlign tests against samdetr_ops.ops)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS := pytest ninja numpy matplotlib pytest-benchmark tqdm expecttest
+DEV_DEPS := pytest ninja numpy matplotlib pytest-benchmark tqdm expecttest ruff
 CSRC := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
@@ -22,7 +24,7 @@ endif
 # Tests and benchmarks import the in-place build from this checkout.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: test bench build gpu-check clean
+.PHONY: test bench build gpu-check clean lint install-check torchvision-tests
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -46,9 +48,33 @@ test: build
 bench: build
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check .
+
+# `pip install --no-build-isolation .` run from another directory into a scratch target (the shared venv is left
+# alone), then the installed package used from a third directory: it must import without the checkout and run.
+# Builds the extension from scratch (minutes).
+INSTALL_CHECK_DIR ?= /tmp/samdetr_ops-install-check
+install-check: $(VENV)/.deps
+	rm -rf $(INSTALL_CHECK_DIR) && mkdir -p $(INSTALL_CHECK_DIR)/site $(INSTALL_CHECK_DIR)/run
+	cd $(INSTALL_CHECK_DIR) && PYTHONPATH= $(CURDIR)/$(PY) -m pip install -q --no-build-isolation --no-deps \
+		--target $(INSTALL_CHECK_DIR)/site $(CURDIR)
+	cd $(INSTALL_CHECK_DIR)/run && PYTHONPATH=$(INSTALL_CHECK_DIR)/site $(CURDIR)/$(PY) $(CURDIR)/tests/installed_smoke.py \
+		$(INSTALL_CHECK_DIR)/site
+
+# torchvision's own RoIAlign tests (its test/test_ops.py with test/common_utils.py beside it) run against
+# samdetr_ops.ops.roi_align / RoIAlign through tests/torchvision_adapter.py. The copy of torchvision's tests is not
+# part of this repository and nothing is downloaded here: README, "torchvision's tests", says how to get one.
+TORCHVISION_TESTS ?=
+torchvision-tests: build
+	@test -n "$(TORCHVISION_TESTS)" -a -f "$(TORCHVISION_TESTS)/test_ops.py" -a -f "$(TORCHVISION_TESTS)/common_utils.py" \
+		|| { echo "set TORCHVISION_TESTS to a folder holding torchvision's test_ops.py and common_utils.py"; exit 2; }
+	cd $(TORCHVISION_TESTS) && PYTHONPATH=$(CURDIR):$(CURDIR)/tests $(CURDIR)/$(PY) -m pytest -p torchvision_adapter \
+		-p no:cacheprovider test_ops.py -k TestRoIAlign -rs -q $(PYTEST_ARGS)
+
 # GPU machine: its own python3 and torch (no venv, no registry), one command, about ten minutes.
 gpu-check:
 	bash benchmarks/gpu_check.sh
 
 clean:
-	rm -rf build samdetr_ops/_C*.so samdetr_ops/.built-*
+	rm -rf build samdetr_ops/_C*.so samdetr_ops/.built-* *.egg-info

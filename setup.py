@@ -1,7 +1,8 @@
 """Builds samdetr_ops._C: the CPU kernels always, the CUDA kernels when a CUDA toolkit is found and either a GPU
-is visible or FORCE_CUDA=1 (CI compiles them that way on a machine without a GPU).
+is visible or FORCE_CUDA=1 (CI compiles them that way on a machine without a GPU). The package's metadata, version
+and dependencies are in pyproject.toml.
 
-    pip install --no-build-isolation -e .
+    pip install --no-build-isolation -e .     # or without -e: a regular install
 """
 import glob
 import os
@@ -12,7 +13,7 @@ if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 
 import torch  # noqa: E402
-from setuptools import find_packages, setup  # noqa: E402
+from setuptools import setup  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -26,8 +27,11 @@ def _want_cuda() -> bool:
     return CUDA_HOME is not None and torch.cuda.is_available()
 
 
+def rel(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
 def _extension():
-    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # at::parallel_for is inlined from torch's headers and only runs in parallel when compiled with OpenMP; the
     # extension then shares torch's own libgomp (same soname, already loaded).
@@ -48,11 +52,6 @@ def _extension():
 
 
 setup(
-    name="samdetr_ops",
-    version="0.1.0",
-    description="Fused CUDA/C++ and Triton kernels for SAM-DETR's semantics aligner",
-    packages=find_packages(include=["samdetr_ops", "samdetr_ops.*"]),
-    python_requires=">=3.10",
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
