@@ -4,8 +4,18 @@ import pytest
 import torch
 
 import samdetr_ops
-from helpers import (BACKWARD_TOL, DEVICES, FORWARD_TOL, assert_close, generator, make_boxes, make_cxcywh,
-                     make_features, make_points, randn)
+from helpers import (
+    BACKWARD_TOL,
+    DEVICES,
+    FORWARD_TOL,
+    assert_close,
+    generator,
+    make_boxes,
+    make_cxcywh,
+    make_features,
+    make_points,
+    randn,
+)
 
 pytestmark = pytest.mark.skipif(not samdetr_ops.has_extension(), reason="compiled extension not built")
 
