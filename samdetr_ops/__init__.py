@@ -4,7 +4,7 @@ Public ops (each equal, up to float rounding, to the unfused sequence of the sam
 `samdetr_ops.reference`, differentiable, and usable under torch.compile(fullgraph=True)):
 
     roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 -> (B, N, C, S, S)
+        features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 -> (B, N, C, S_h, S_w), output_size = S or (S_h, S_w)
     semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0,
                    sampling_ratio=-1, aligned=True)
         + points (B, N, M, 2) in grid_sample coordinates of the RoI grid, weight_logits (B, N, M, C)

@@ -39,6 +39,23 @@ def _check_floating(op, t, name):
         _fail_type(op, f"`{name}` must be a floating-point tensor, got {t.dtype}")
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def pooled_size(op, output_size):
+    """`output_size` as torchvision takes it, an int S (S x S bins) or an (h, w) pair -> the (h, w) tuple."""
+    if _is_int(output_size):
+        size = (output_size, output_size)
+    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(map(_is_int, output_size)):
+        size = tuple(output_size)
+    else:
+        size = (0, 0)
+    if min(size) < 1:
+        _fail_value(op, f"`output_size` must be an int or an (h, w) pair of ints >= 1, got {output_size!r}")
+    return size
+
+
 def _check_points_and_logits(op, like, like_name, boxes, boxes_name, points, weight_logits, channels, letter,
                              note=""):
     """points (B, N, M, 2) and weight_logits (B, N, M, `letter`) beside boxes (B, N, 4), with the device and dtype of
@@ -56,7 +73,7 @@ def _check_points_and_logits(op, like, like_name, boxes, boxes_name, points, wei
 
 
 def _roi_inputs(op, features, boxes, output_size, sampling_ratio):
-    """features (B, C, H, W), boxes (B, N, 4)."""
+    """features (B, C, H, W), boxes (B, N, 4). Returns the pooled size (h, w)."""
     _check_rank_and_last(op, features, "features", 4, None, "(B, C, H, W)")
     _check_floating(op, features, "features")
     _check_rank_and_last(op, boxes, "boxes", 3, 4, "(B, N, 4)")
@@ -64,21 +81,24 @@ def _roi_inputs(op, features, boxes, output_size, sampling_ratio):
     if boxes.shape[0] != features.shape[0]:
         _fail_value(op, f"`boxes` must have shape (B, N, 4) with B = {features.shape[0]} as in `features`, "
                         f"got {tuple(boxes.shape)}")
-    if not isinstance(output_size, int) or output_size < 1:
-        _fail_value(op, f"`output_size` must be >= 1, got {output_size}")
+    size = pooled_size(op, output_size)
     if not isinstance(sampling_ratio, int) or sampling_ratio == 0 or sampling_ratio < -1:
         _fail_value(op, f"`sampling_ratio` must be a positive int or -1 (adaptive), got {sampling_ratio}")
+    return size
 
 
 def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
-    _roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
+    """Returns the pooled size (h, w)."""
+    return _roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
 
 
 def semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
                    aligned=True):
-    _roi_inputs("semantic_align", features, boxes, output_size, sampling_ratio)
+    """Returns the pooled size (h, w)."""
+    size = _roi_inputs("semantic_align", features, boxes, output_size, sampling_ratio)
     _check_points_and_logits("semantic_align", features, "features", boxes, "boxes", points, weight_logits,
                              features.shape[1], "C", " with C = features.size(1)")
+    return size
 
 
 def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0):

@@ -1,6 +1,7 @@
 """The public functions of the registered ops (re-exported by samdetr_ops): argument checks, autocast, backend."""
 import torch
 
+from . import _checks
 from ._backend import resolve
 from ._registry import OPS, public
 
@@ -21,26 +22,33 @@ def _call(op, *args):
     return out if out_dtype is None else out.to(out_dtype)
 
 
+def _pooled(op, output_size):
+    """An int S or an (h, w) pair -> [h, w], the form every backend takes (the schemas' int[2])."""
+    return list(_checks.pooled_size(op, output_size))
+
+
 @public
 def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
     """RoIAlign of B x N boxes: features (B, C, H, W), boxes (B, N, 4) as x1, y1, x2, y2 in input pixels
-    (features are `spatial_scale` times smaller) -> (B, N, C, S, S), S = output_size. Equal to torchvision's
-    roi_align on `list(boxes.unbind(0))`; differentiable in `features` only, like torchvision's. For torchvision's
-    own signature and box forms, see samdetr_ops.ops.roi_align."""
-    return _call("roi_align", features, boxes, output_size, float(spatial_scale), sampling_ratio, bool(aligned))
+    (features are `spatial_scale` times smaller) -> (B, N, C, S_h, S_w), output_size = S (S x S bins) or
+    (S_h, S_w). Equal to torchvision's roi_align on `list(boxes.unbind(0))`; differentiable in `features` only,
+    like torchvision's. For torchvision's own signature and box forms, see samdetr_ops.ops.roi_align."""
+    return _call("roi_align", features, boxes, _pooled("roi_align", output_size), float(spatial_scale),
+                 sampling_ratio, bool(aligned))
 
 
 @public
 def semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
                    aligned=True):
-    """SAM-DETR's semantics aligner, fused: RoIAlign each box to S x S, sample the C features at its M salient
-    points (grid_sample, bilinear, zero padding, align_corners=False) and multiply by sigmoid(weight_logits).
+    """SAM-DETR's semantics aligner, fused: RoIAlign each box to S_h x S_w (output_size = S or (S_h, S_w)), sample
+    the C features at its M salient points (grid_sample, bilinear, zero padding, align_corners=False) and multiply
+    by sigmoid(weight_logits).
 
     features (B, C, H, W) (channels-last is the fast path), boxes (B, N, 4) x1 y1 x2 y2 in input pixels,
     points (B, N, M, 2) normalised (x, y) over the RoI grid, weight_logits (B, N, M, C) -> (B, N, M, C).
     Differentiable in features, points and weight_logits (not boxes)."""
-    return _call("semantic_align", features, boxes, points, weight_logits, output_size, float(spatial_scale),
-                 sampling_ratio, bool(aligned))
+    return _call("semantic_align", features, boxes, points, weight_logits, _pooled("semantic_align", output_size),
+                 float(spatial_scale), sampling_ratio, bool(aligned))
 
 
 @public

@@ -36,9 +36,9 @@ def _channels_last_empty(shape, like):
 
 # ---- fake kernels: shapes only, after the same checks as the public functions --------------------------------
 def _roi_align_fake(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
-    _checks.roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    pooled_h, pooled_w = _checks.roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)
     B, N = boxes.shape[:2]
-    return features.new_empty((B, N, features.shape[1], output_size, output_size))
+    return features.new_empty((B, N, features.shape[1], pooled_h, pooled_w))
 
 
 def _roi_align_backward_fake(grad_output, boxes, feature_shape, output_size, spatial_scale, sampling_ratio, aligned):

@@ -87,9 +87,7 @@ def _batched_boxes(batch_size: int, boxes: Union[Tensor, List[Tensor]]) -> Tuple
 def _roi_align_batched(input: Tensor, boxes: Tensor, output_size: List[int], spatial_scale: float,
                        sampling_ratio: int, aligned: bool) -> Tensor:
     """samdetr_ops.roi_align (backend choice, autocast, checks) on the (B, N, 4) batch."""
-    if output_size[0] != output_size[1]:
-        raise ValueError(f"samdetr_ops.ops.roi_align: `output_size` must be square for now, got {tuple(output_size)}")
-    return _functions.roi_align(input, boxes, output_size[0], spatial_scale, sampling_ratio, aligned)
+    return _functions.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int],
@@ -106,7 +104,7 @@ def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: Br
         return input.new_empty((0, input.size(1), output_hw[0], output_hw[1]))
     features = input[:batched.size(0)]
     if torch.jit.is_scripting():
-        rois = torch.ops.samdetr_ops.roi_align(features, batched, output_hw[0], spatial_scale, sampling_ratio, aligned)
+        rois = torch.ops.samdetr_ops.roi_align(features, batched, output_hw, spatial_scale, sampling_ratio, aligned)
     else:
         rois = _roi_align_batched(features, batched, list(output_hw), spatial_scale, sampling_ratio, aligned)
     rois = rois.flatten(0, 1)  # (B' * N, C, h, w)

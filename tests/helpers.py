@@ -143,3 +143,8 @@ def check_against_reference(op, inputs, args=(), backend="cpp", grad_tol_scale=N
         tol = {key: value * factor for key, value in BACKWARD_TOL[dtype].items()}
         assert_close(actual, wanted, tol, f"{op} gradient of `{name}` ({backend})")
     return out, grads
+
+
+def use(backend):
+    """`with use(backend):` runs a block on that backend."""
+    return samdetr_ops.use_backend(backend)
