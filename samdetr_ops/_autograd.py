@@ -21,6 +21,21 @@ def register(forward_op, backward_op, kind):
         forward_op.register_autograd(backward, setup_context=setup_context)
 
 
+def _will_use_gradient(ctx, index):
+    """Whether this backward pass uses the gradient of input `index`. `ctx.needs_input_grad` only says whether the
+    input requires grad; under torch.autograd.grad(out, some_inputs) the engine also knows which of the input edges
+    it will follow (the check torch.utils.checkpoint makes). Where that is unknown (traced backward), assume it."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    next_functions = getattr(ctx, "next_functions", None)
+    if not next_functions or next_functions[index][0] is None:
+        return True
+    try:
+        return torch._C._will_engine_execute_node(next_functions[index][0])
+    except RuntimeError:  # not inside an engine-run backward
+        return True
+
+
 def roi_align(backward_op):
     def setup_context(ctx, inputs, output):
         features, boxes, output_size, spatial_scale, sampling_ratio, aligned = inputs
@@ -47,8 +62,7 @@ def semantic_align(backward_op):
         ctx.args = tuple(args)
 
     def backward(ctx, grad_output):
-        need = ctx.needs_input_grad
-        mask = [need[0], need[2], need[3]]  # features, points, weight_logits
+        mask = [_will_use_gradient(ctx, i) for i in (0, 2, 3)]  # features, points, weight_logits
         if not any(mask):
             return (None,) * 8
         grads = backward_op(grad_output, *ctx.saved_tensors, *ctx.args, mask)
