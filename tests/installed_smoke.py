@@ -24,8 +24,9 @@ def main(site_dir):
     points = torch.rand(B, N, M, 2, generator=g, dtype=torch.float64) * 2 - 1
     logits = torch.randn(B, N, M, C, generator=g, dtype=torch.float64)
     cxcywh = torch.rand(B, N, 4, generator=g, dtype=torch.float64)
+    embed_logits = torch.randn(B, N, M, 6, generator=g, dtype=torch.float64)  # an even width D
     for name, args in (("roi_align", (features, boxes)), ("semantic_align", (features, boxes, points, logits)),
-                       ("salient_point_pos_embed", (cxcywh, points, logits))):
+                       ("salient_point_pos_embed", (cxcywh, points, embed_logits))):
         with samdetr_ops.use_backend("cpp"):
             out = getattr(samdetr_ops, name)(*args)
         torch.testing.assert_close(out, getattr(reference, name)(*args), atol=1e-12, rtol=1e-10)
