@@ -95,11 +95,125 @@ def test_nonfinite_boxes_and_points_give_zeros():
 
 
 def test_unavailable_device_raises():
-    if DEVICE == "cuda":
-        pytest.skip("on a GPU machine CPU tensors have no Triton backend unless interpreted")
-    from samdetr_ops import triton as triton_backend
-    assert triton_backend.get("semantic_align", torch.device("cpu")) is not None
-    assert "no Triton support for meta" in triton_backend.unavailable_reason(torch.device("meta"))
+    """The Triton backend asked for tensors it cannot run on raises, naming the reason (it never falls back)."""
+    g = generator("triton unavailable")
+    features = make_features(g, 1, 2, 4, 4, "contiguous", torch.float32, "cpu").to("meta")
+    boxes = make_boxes(g, 1, 2, 4, 4, 1.0, "mixed", torch.float32, "cpu").to("meta")
+    with samdetr_ops.use_backend("triton"), pytest.raises(RuntimeError, match="no Triton support for meta"):
+        samdetr_ops.roi_align(features, boxes, 2)
+    if os.environ.get("TRITON_INTERPRET") != "1":  # a GPU machine: CPU tensors need the interpreter
+        with samdetr_ops.use_backend("triton"), pytest.raises(RuntimeError, match="only under the interpreter"):
+            samdetr_ops.roi_align(features.to("cpu"), boxes.to("cpu"), 2)
+
+
+def _semantic_inputs(seed, C=5, dtype=torch.float32):
+    g = generator("triton semantic inputs", seed, C, dtype)
+    B, H, W, N, M = 2, 6, 7, 3, 4
+    return [make_features(g, B, C, H, W, "channels_last", dtype, DEVICE),
+            make_boxes(g, B, N, H, W, 1.0, "mixed", dtype, DEVICE), make_points(g, B, N, M, 1.1, dtype, DEVICE),
+            randn(g, B, N, M, C).to(DEVICE, dtype)]
+
+
+@pytest.mark.parametrize("mask", [(True, False, False), (False, True, False), (False, False, True),
+                                  (False, True, True)], ids=str)
+def test_semantic_align_backward_computes_only_what_is_asked(mask):
+    """output_mask: each gradient asked for equals the full backward's; the others are not computed (they come
+    back as zeros, as from the compiled op, instead of the full backward's non-zero values)."""
+    from samdetr_ops.triton.semantic_align import semantic_align_backward
+
+    features, boxes, points, logits = _semantic_inputs("mask")
+    grad = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3)).to(logits)
+    full = semantic_align_backward(grad, features, boxes, points, logits, 3, 1.0, -1, True, [True, True, True])
+    part = semantic_align_backward(grad, features, boxes, points, logits, 3, 1.0, -1, True, list(mask))
+    for name, asked, f, p in zip(["features", "points", "weight_logits"], mask, full, part):
+        assert f.abs().sum() > 0, name  # the inputs make every gradient non-zero
+        if asked:
+            assert_close(p, f, BACKWARD_TOL[torch.float32], f"grad {name}")
+        else:
+            assert (p == 0).all(), f"grad {name} was computed though not asked for"
+
+
+def _backward_of(op, requires_grad):
+    """Runs op forward and backward through the Triton backend, inputs requiring grad as given."""
+    if op == "salient_point_pos_embed":
+        g = generator("triton determinism")
+        inputs = [make_cxcywh(g, 2, 3, torch.float32, DEVICE), make_points(g, 2, 3, 4, 1.0, torch.float32, DEVICE),
+                  randn(g, 2, 3, 4, 6).to(DEVICE, torch.float32)]
+    else:
+        inputs = _semantic_inputs("determinism")
+        if op == "roi_align":
+            inputs = inputs[:2]
+    xs = [t.detach().requires_grad_(r) for t, r in zip(inputs, requires_grad)]
+    with samdetr_ops.use_backend("triton"):
+        out = getattr(samdetr_ops, op)(*xs, 3) if op != "salient_point_pos_embed" else \
+            samdetr_ops.salient_point_pos_embed(*xs)
+    out.sum().backward()
+
+
+ATOMIC = [("roi_align", (True, False)), ("semantic_align", (True, False, True, True))]
+ATOMIC_FREE = [("semantic_align", (False, False, True, True)), ("salient_point_pos_embed", (True, True, True))]
+
+
+@pytest.fixture
+def deterministic():
+    def enable(warn_only=False):
+        torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    yield enable
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("op,requires_grad", ATOMIC, ids=[a for a, _ in ATOMIC])
+def test_deterministic_mode_raises_for_the_atomic_backward(op, requires_grad, deterministic):
+    """As the CUDA kernels: the atomically scattered feature gradient raises under deterministic mode, and warns
+    with warn_only=True (raised here under the interpreter too, which runs the same atomic code in order)."""
+    deterministic()
+    with pytest.raises(RuntimeError, match="accumulated with atomic adds"):
+        _backward_of(op, requires_grad)
+    deterministic(warn_only=True)
+    with pytest.warns(UserWarning, match="accumulated with atomic adds"):
+        _backward_of(op, requires_grad)
+
+
+@pytest.mark.parametrize("op,requires_grad", ATOMIC_FREE, ids=[a for a, _ in ATOMIC_FREE])
+def test_deterministic_mode_allows_the_atomic_free_backward(op, requires_grad, deterministic, recwarn):
+    deterministic()
+    _backward_of(op, requires_grad)
+    assert not [w for w in recwarn if "atomic" in str(w.message)]
+
+
+def test_first_call_at_a_new_shape_gives_the_right_gradient():
+    """On a GPU the first call for a new channel count autotunes; a kernel that accumulates with atomics must not
+    run once per config into the same buffer (the gradient would come back multiplied). C = 37 is used by no
+    other test, so this is the first call for it."""
+    inputs = _semantic_inputs("first call", C=37)
+    _check("semantic_align", inputs, [0, 2, 3], torch.float32, (3,))
+    _check("roi_align", inputs[:2], [0], torch.float32, (3,))
+
+
+def test_float64_scalars_keep_their_precision():
+    """spatial_scale and log2(temperature) reach the kernels as float64 (a Python float passed plainly to a
+    Triton kernel becomes a 32-bit float: ~3e-8 off at D=16, far outside the float64 tolerance). 1/3 is not a
+    power of two, so a 32-bit scale would show."""
+    g = generator("triton float64 scalars")
+    B, C, H, W, N, M = 1, 4, 9, 9, 3, 2
+    features = make_features(g, B, C, H, W, "channels_last", torch.float64, DEVICE)
+    boxes = make_boxes(g, B, N, H, W, 1 / 3, "mixed", torch.float64, DEVICE)
+    _check("roi_align", [features, boxes], [0], torch.float64, (3, 1 / 3, -1, True))
+    points = make_points(g, B, N, M, 1.0, torch.float64, DEVICE)
+    inputs = [make_cxcywh(g, B, N, torch.float64, DEVICE), points, randn(g, B, N, M, 16).to(DEVICE, torch.float64)]
+    _check("salient_point_pos_embed", inputs, [0, 1, 2], torch.float64, (10000.0,))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter computes NaN * 0
+def test_nan_box_unaligned_gives_zeros():
+    """aligned=False clamps a box to at least 1x1: a NaN corner must still make the box read nothing (the
+    finiteness test comes before the clamp; a GPU's max(NaN, 1) is 1)."""
+    g = generator("triton nan unaligned")
+    features = make_features(g, 1, 4, 6, 6, "channels_last", torch.float32, DEVICE)
+    boxes = torch.tensor([[[1.0, 1.0, float("nan"), float("nan")], [1.0, 1.0, 4.0, 4.0]]], device=DEVICE)
+    with samdetr_ops.use_backend("triton"):
+        rois = samdetr_ops.roi_align(features, boxes, 3, aligned=False)
+    assert (rois[0, 0] == 0).all() and (rois[0, 1] != 0).any()
 
 
 @pytest.mark.parametrize("op", ["roi_align", "semantic_align", "salient_point_pos_embed"])

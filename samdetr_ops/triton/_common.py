@@ -1,18 +1,72 @@
 """Triton device functions shared by the three ops: the same RoIAlign / grid_sample / sine rules as
 csrc/samdetr_math.h (which the C++ and CUDA kernels share), written for Triton. Branch-free: off-map samples and
-off-grid corners get weight 0 and clamped (always in-bounds) indices."""
-import os
+off-grid corners get weight 0 and clamped (always in-bounds) indices.
 
+Rules every kernel here follows, each checked by tests/test_triton_compile.py (which compiles every kernel for
+sm_80/sm_90 without a GPU, since the interpreter never compiles anything):
+- module-level numbers read inside @triton.jit code are tl.constexpr (Triton refuses plain globals on a GPU);
+- float scalar arguments are annotated tl.float64: Triton passes an unannotated Python float as a 32-bit float,
+  which would cost float64 inputs their precision (spatial_scale = 1/3, log2(temperature));
+- a kernel that scatters with atomics has one fixed config (see fixed_config);
+- program ids are widened to int64 before they are multiplied into an offset (B*N*C*S*S can pass 2**31).
+
+Autotuned kernels benchmark their configs on the first call for each new key (channel count, dtype), which
+synchronises the device: warm up (one call per shape) before capturing a CUDA graph."""
+import os
+import warnings
+
+import torch
 import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_SAMPLES_PER_AXIS = 1 << 24  # as kMaxSamplesPerAxis in csrc/samdetr_math.h
+MAX_SAMPLES_PER_AXIS: tl.constexpr = tl.constexpr(1 << 24)  # as kMaxSamplesPerAxis in csrc/samdetr_math.h
 
 
 def autotune_configs(*warps):
     """A few num_warps candidates on a GPU; one config under the interpreter (autotuning there only costs)."""
     return [triton.Config({}, num_warps=w) for w in (warps[:1] if INTERPRET else warps)]
+
+
+def fixed_config(warps):
+    """The one config of a kernel that accumulates with atomics. Autotuning runs every candidate config into the
+    same output on the first call for a shape, which would multiply an atomically accumulated gradient (and
+    benchmarking synchronises, so a first call could not be captured in a CUDA graph); one config is never
+    benchmarked."""
+    return [triton.Config({}, num_warps=warps)]
+
+
+def alert_atomic_scatter(op):
+    """As the CUDA kernels do (at::globalContext().alertNotDeterministic): under
+    torch.use_deterministic_algorithms(True) an atomically scattered gradient raises, or warns with
+    warn_only=True. Called by the launcher of every backward that scatters with atomics."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (f"samdetr_ops.{op} (Triton): the feature gradient is accumulated with atomic adds, so its last bits "
+               "vary between runs on a GPU. Use the 'cpp' backend on CPU for bit-identical results, or call "
+               "torch.use_deterministic_algorithms(True, warn_only=True) to accept it")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, UserWarning, stacklevel=3)
+    else:
+        raise RuntimeError(message)
+
+
+def feature_grad_accumulator(feature_shape, dtype, device):
+    """The (B, H, W, C) zeros a backward kernel scatters the feature gradient into, in the op-math type (float64
+    for float64, else float32)."""
+    B, C, H, W = feature_shape
+    return torch.zeros((B, H, W, C), dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
+
+
+def feature_grad(accum, dtype):
+    """The (B, C, H, W) channels-last gradient in `dtype` from feature_grad_accumulator's buffer."""
+    return accum.permute(0, 3, 1, 2).to(dtype)
+
+
+@triton.jit
+def float_arg(x, ACC: tl.constexpr):
+    """A tl.float64-annotated scalar argument in ACC. (Not x.to(ACC): under the interpreter x is a Python float.)"""
+    return tl.full((), x, ACC)
 
 
 @triton.jit
@@ -23,7 +77,8 @@ def _is_finite(x):
 @triton.jit
 def roi_geometry(box_ptr, scale, S, sampling_ratio, aligned, ACC: tl.constexpr):
     """(start_y, start_x, bin_h, bin_w, grid_h, grid_w, inv_count) of the box at box_ptr (x1, y1, x2, y2),
-    computed in ACC (float32, or float64 for float64 inputs)."""
+    computed in ACC (float32, or float64 for float64 inputs; scale arrives as float64)."""
+    scale = float_arg(scale, ACC)
     x1 = tl.load(box_ptr + 0).to(ACC)
     y1 = tl.load(box_ptr + 1).to(ACC)
     x2 = tl.load(box_ptr + 2).to(ACC)
@@ -33,6 +88,8 @@ def roi_geometry(box_ptr, scale, S, sampling_ratio, aligned, ACC: tl.constexpr):
     start_y = y1 * scale - offset
     roi_w = x2 * scale - offset - start_x
     roi_h = y2 * scale - offset - start_y
+    # tested before the clamp below: on a GPU max(NaN, 1) is 1, which would turn a NaN box into a 1x1 one
+    finite = _is_finite(start_x) & _is_finite(start_y) & _is_finite(roi_w) & _is_finite(roi_h)
     roi_w = tl.where(aligned, roi_w, tl.maximum(roi_w, 1.0))
     roi_h = tl.where(aligned, roi_h, tl.maximum(roi_h, 1.0))
     bin_h = roi_h / S
@@ -41,7 +98,6 @@ def roi_geometry(box_ptr, scale, S, sampling_ratio, aligned, ACC: tl.constexpr):
     adaptive_w = tl.minimum(tl.where(tl.ceil(roi_w / S) > 0, tl.ceil(roi_w / S), 0.0), MAX_SAMPLES_PER_AXIS)
     grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h.to(tl.int32))
     grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w.to(tl.int32))
-    finite = _is_finite(start_x) & _is_finite(start_y) & _is_finite(roi_w) & _is_finite(roi_h)
     grid_h = tl.where(finite, grid_h, 0)
     grid_w = tl.where(finite, grid_w, 0)
     inv_count = 1.0 / tl.maximum(grid_h.to(tl.int64) * grid_w.to(tl.int64), 1).to(ACC)
@@ -107,7 +163,8 @@ def bin_sum(feat_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_x, b
 @triton.jit
 def bin_scatter(grad_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_x, bin_h, bin_w, grid_h, grid_w,
                 bin_y, bin_x, H, W, grad_bin):
-    """The adjoint of bin_sum: atomically adds grad_bin (already divided by the count) over the bin's samples."""
+    """The adjoint of bin_sum: atomically adds grad_bin (already divided by the count) over the bin's samples.
+    Relaxed atomics, as atomicAdd in the CUDA kernels: only the sum matters, not its order against other memory."""
     iy0, iy1 = sample_range(start_y, bin_y, bin_h, grid_h, H)
     ix0, ix1 = sample_range(start_x, bin_x, bin_w, grid_w, W)
     for iy in range(iy0, iy1):
@@ -115,13 +172,13 @@ def bin_scatter(grad_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_
         for ix in range(ix0, ix1):
             x_lo, x_hi, wx_lo, wx_hi = axis_taps(sample_position(start_x, bin_x, bin_w, ix, grid_w), W)
             tl.atomic_add(grad_ptr + y_lo * stride_h + x_lo * stride_w + c_offsets, (wy_lo * wx_lo) * grad_bin,
-                          mask=c_mask)
+                          mask=c_mask, sem="relaxed")
             tl.atomic_add(grad_ptr + y_lo * stride_h + x_hi * stride_w + c_offsets, (wy_lo * wx_hi) * grad_bin,
-                          mask=c_mask)
+                          mask=c_mask, sem="relaxed")
             tl.atomic_add(grad_ptr + y_hi * stride_h + x_lo * stride_w + c_offsets, (wy_hi * wx_lo) * grad_bin,
-                          mask=c_mask)
+                          mask=c_mask, sem="relaxed")
             tl.atomic_add(grad_ptr + y_hi * stride_h + x_hi * stride_w + c_offsets, (wy_hi * wx_hi) * grad_bin,
-                          mask=c_mask)
+                          mask=c_mask, sem="relaxed")
 
 
 @triton.jit
