@@ -123,8 +123,8 @@ def test_semantic_align_backward_computes_only_what_is_asked(mask):
 
     features, boxes, points, logits = _semantic_inputs("mask")
     grad = torch.randn(logits.shape, generator=torch.Generator().manual_seed(3)).to(logits)
-    full = semantic_align_backward(grad, features, boxes, points, logits, 3, 1.0, -1, True, [True, True, True])
-    part = semantic_align_backward(grad, features, boxes, points, logits, 3, 1.0, -1, True, list(mask))
+    full = semantic_align_backward(grad, features, boxes, points, logits, [3, 2], 1.0, -1, True, [True, True, True])
+    part = semantic_align_backward(grad, features, boxes, points, logits, [3, 2], 1.0, -1, True, list(mask))
     for name, asked, f, p in zip(["features", "points", "weight_logits"], mask, full, part):
         assert f.abs().sum() > 0, name  # the inputs make every gradient non-zero
         if asked:

@@ -54,14 +54,14 @@ def _inputs(op, case, dtype):
     xy = torch.rand(B, N, 2, generator=g) * 4
     boxes = torch.cat([xy, xy + 2], -1).to(dtype)
     points = (torch.rand(B, N, M, 2, generator=g) * 2 - 1).to(dtype)
+    size = [7, 5]  # output (h, w), non-square
     if op == "roi_align":
-        S = 7
-        return (features, boxes, S, 1 / 3, -1, True), (randn(B, N, C, S, S), boxes, list(features.shape), S, 1 / 3,
-                                                       -1, True)
+        return ((features, boxes, size, 1 / 3, -1, True),
+                (randn(B, N, C, *size), boxes, list(features.shape), size, 1 / 3, -1, True))
     if op == "semantic_align":
         logits = randn(B, N, M, C)
-        return ((features, boxes, points, logits, 7, 1 / 3, 2, False),
-                (randn(B, N, M, C), features, boxes, points, logits, 7, 1 / 3, 2, False, [True, True, True]))
+        return ((features, boxes, points, logits, size, 1 / 3, 2, False),
+                (randn(B, N, M, C), features, boxes, points, logits, size, 1 / 3, 2, False, [True, True, True]))
     D = C if C % 2 == 0 else 2 * C  # the embedding width must be even; 26 keeps half of it odd
     cxcywh = torch.rand(B, N, 4, generator=g).to(dtype)
     logits = randn(B, N, M, D)
