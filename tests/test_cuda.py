@@ -1,5 +1,7 @@
-"""What is CUDA-specific: the kernels are compiled and registered (checked on every machine where the extension
-was built with CUDA, GPU or not), half/bfloat16 accuracy, deterministic mode, CUDA graphs and autocast."""
+"""What is CUDA-specific, for both GPU backends (cpp, triton): the kernels are compiled and registered (checked on
+every machine where the extension was built with CUDA, GPU or not), half/bfloat16 accuracy, deterministic mode,
+CUDA-graph capture (every op and the SemanticAligner module), NaN boxes under aligned=False, gradient strides
+against the fake kernels, 64-bit offsets, autocast; and the compute-sanitizer workload, run on CPU."""
 import os
 
 import pytest
@@ -200,6 +202,71 @@ def test_nan_box_unaligned_gives_zeros(backend):
 
 
 @needs_gpu
+def test_backward_called_directly_with_no_bins_raises_clearly():
+    """roi_align_backward through torch.ops with a 0 output size: a clear error naming the argument, not a launch
+    of zero blocks ("invalid configuration argument")."""
+    boxes = torch.tensor([[[1.0, 1.0, 4.0, 4.0]]], device="cuda")
+    grad = torch.randn(1, 1, 3, 0, 0, device="cuda")
+    with pytest.raises(ValueError, match="output_size"):
+        torch.ops.samdetr_ops.roi_align_backward(grad, boxes, [1, 3, 6, 6], [0, 0], 1.0, -1, True)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+@pytest.mark.parametrize("shape", [(2, 0, 5, 6), (2, 3, 0, 6), (1, 1, 1, 1)], ids=str)
+def test_feature_gradient_strides_match_the_fake_kernel(shape, dtype):
+    """torch.compile compares a kernel's output strides with its fake kernel's: the CUDA feature gradients must be
+    laid out as the fake kernels allocate them (channels-last) for every shape, empty maps included."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    B, C, H, W = shape
+    g = generator("cuda strides", shape, dtype)
+    N, M, S = 2, 3, [3, 2]
+    boxes = make_boxes(g, B, N, max(H, 1), max(W, 1), 1.0, "mixed", dtype, "cuda")
+    inputs = {"roi_align_backward": (randn(g, B, N, C, *S).to("cuda", dtype), boxes, list(shape), S, 1.0, -1, True),
+              "semantic_align_backward": (randn(g, B, N, M, C).to("cuda", dtype),
+                                          make_features(g, B, C, H, W, "channels_last", dtype, "cuda"), boxes,
+                                          make_points(g, B, N, M, 1.0, dtype, "cuda"),
+                                          randn(g, B, N, M, C).to("cuda", dtype), S, 1.0, -1, True,
+                                          [True, True, True])}
+    for name, args in inputs.items():
+        op = getattr(torch.ops.samdetr_ops, name)
+        real = op(*args)
+        with FakeTensorMode() as mode:
+            fake = op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+        real_grad, fake_grad = (real, fake) if name == "roi_align_backward" else (real[0], fake[0])
+        assert real_grad.stride() == fake_grad.stride(), f"{name}: {real_grad.stride()} != {fake_grad.stride()}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_offsets_past_two_to_the_31(backend):
+    """B*N*C*S_h*S_w >= 2**31 output elements (4 GiB in float16): offsets are 64-bit. The last RoI, whose output
+    starts past 2**31, is checked against the reference; the backward sends a gradient through that RoI only."""
+    C, S = 256, 7
+    N = 2**31 // (C * S * S) + 2
+    free, _ = torch.cuda.mem_get_info()
+    if free < 16 * 2**30:
+        pytest.skip("needs 16 GiB of free GPU memory")
+    g = generator("cuda int64", backend)
+    features = make_features(g, 1, C, 12, 14, "channels_last", torch.float16, "cuda").requires_grad_()
+    boxes = make_boxes(g, 1, N, 12, 14, 1.0, "mixed", torch.float16, "cuda")
+    with samdetr_ops.use_backend(backend):
+        out = samdetr_ops.roi_align(features, boxes, S)
+    assert out[0, -1].storage_offset() + out[0, -1].numel() > 2**31
+    last = boxes[:, -1:]
+    expected = reference.roi_align(features.float(), last.float(), S)
+    torch.testing.assert_close(out[:, -1:].float(), expected, atol=2e-2, rtol=2e-2)
+    grad_last = torch.randn(1, 1, C, S, S, generator=torch.Generator().manual_seed(2)).to("cuda", torch.float16)
+    grad = torch.zeros_like(out)
+    grad[:, -1:] = grad_last
+    (got,) = torch.autograd.grad(out, features, grad)
+    del out, grad
+    (want,) = torch.autograd.grad(expected, features, grad_last.float())
+    torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=2e-2)
+
+
+@needs_gpu
 def test_autocast_computes_in_float32():
     inputs, _ = _inputs("semantic_align", torch.float32)
     features, boxes, points, logits = inputs
@@ -209,3 +276,16 @@ def test_autocast_computes_in_float32():
     torch.testing.assert_close(out, reference.semantic_align(features.bfloat16().float(), boxes,
                                                              points.bfloat16().float(), logits),
                                atol=1e-4, rtol=1e-4)
+
+
+def test_sanitizer_smoke_runs_on_cpu():
+    """tests/sanitizer_smoke.py is what compute-sanitizer runs in `make gpu-check`; run on CPU here so that a break
+    in it (a shape an op refuses, a wrong reference) shows in CI, not on the GPU. The compiled kernels in float32
+    and float64; the Triton kernels (through the interpreter: slow) in one dtype at a small output size."""
+    import sanitizer_smoke
+
+    if samdetr_ops.has_extension():
+        sanitizer_smoke.main(["--device", "cpu", "--backends", "cpp", "--channels", "8,13"])
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        sanitizer_smoke.main(["--device", "cpu", "--backends", "triton", "--dtypes", "float64", "--channels", "13",
+                              "--output-size", "2"])

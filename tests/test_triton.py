@@ -229,11 +229,11 @@ def test_gradcheck_float64(op):
     if op == "roi_align":
         fn, inputs = (lambda f: samdetr_ops.roi_align(f, boxes, 3)), (features,)
     elif op == "semantic_align":
-        fn, inputs = (lambda f, p, l: samdetr_ops.semantic_align(f, boxes, p, l, 3)), (features, points, logits)
+        fn, inputs = (lambda f, p, lg: samdetr_ops.semantic_align(f, boxes, p, lg, 3)), (features, points, logits)
     else:
         cxcywh = make_cxcywh(g, B, N, torch.float64, DEVICE).requires_grad_()
         embed_logits = randn(g, B, N, M, 6).to(DEVICE, torch.float64).requires_grad_()
-        fn = lambda b, p, l: samdetr_ops.salient_point_pos_embed(b, p, l, 30.0)  # noqa: E731
+        fn = lambda b, p, lg: samdetr_ops.salient_point_pos_embed(b, p, lg, 30.0)  # noqa: E731
         inputs = (cxcywh, points, embed_logits)
     with samdetr_ops.use_backend("triton"):
         assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)

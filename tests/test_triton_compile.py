@@ -19,7 +19,6 @@ imported under it are interpreter kernels. Run by hand: `python tests/test_trito
 """
 import argparse
 import json
-import math
 import os
 import subprocess
 import sys

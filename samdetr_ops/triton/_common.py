@@ -64,6 +64,13 @@ def feature_grad(accum, dtype):
 
 
 @triton.jit
+def program_index():
+    """This program's index along the grid, as int64: every offset computed from it is then 64-bit (the grid is
+    B*N*S_h*S_w or B*N*M programs, times C channels an offset can pass 2**31 while each factor is small)."""
+    return tl.program_id(0).to(tl.int64)
+
+
+@triton.jit
 def float_arg(x, ACC: tl.constexpr):
     """A tl.float64-annotated scalar argument in ACC. (Not x.to(ACC): under the interpreter x is a Python float.)"""
     return tl.full((), x, ACC)
@@ -149,12 +156,16 @@ def bin_sum(feat_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_x, b
     ix0, ix1 = sample_range(start_x, bin_x, bin_w, grid_w, W)
     for iy in range(iy0, iy1):
         y_lo, y_hi, wy_lo, wy_hi = axis_taps(sample_position(start_y, bin_y, bin_h, iy, grid_h), H)
+        row_lo = feat_ptr + y_lo.to(tl.int64) * stride_h  # 64-bit: a map may pass 2**31 elements
+        row_hi = feat_ptr + y_hi.to(tl.int64) * stride_h
         for ix in range(ix0, ix1):
             x_lo, x_hi, wx_lo, wx_hi = axis_taps(sample_position(start_x, bin_x, bin_w, ix, grid_w), W)
-            v00 = tl.load(feat_ptr + y_lo * stride_h + x_lo * stride_w + c_offsets, mask=c_mask, other=0.0)
-            v01 = tl.load(feat_ptr + y_lo * stride_h + x_hi * stride_w + c_offsets, mask=c_mask, other=0.0)
-            v10 = tl.load(feat_ptr + y_hi * stride_h + x_lo * stride_w + c_offsets, mask=c_mask, other=0.0)
-            v11 = tl.load(feat_ptr + y_hi * stride_h + x_hi * stride_w + c_offsets, mask=c_mask, other=0.0)
+            col_lo = x_lo.to(tl.int64) * stride_w + c_offsets
+            col_hi = x_hi.to(tl.int64) * stride_w + c_offsets
+            v00 = tl.load(row_lo + col_lo, mask=c_mask, other=0.0)
+            v01 = tl.load(row_lo + col_hi, mask=c_mask, other=0.0)
+            v10 = tl.load(row_hi + col_lo, mask=c_mask, other=0.0)
+            v11 = tl.load(row_hi + col_hi, mask=c_mask, other=0.0)
             acc += (wy_lo * wx_lo) * v00.to(acc.dtype) + (wy_lo * wx_hi) * v01.to(acc.dtype) + \
                 (wy_hi * wx_lo) * v10.to(acc.dtype) + (wy_hi * wx_hi) * v11.to(acc.dtype)
     return acc
@@ -169,16 +180,16 @@ def bin_scatter(grad_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_
     ix0, ix1 = sample_range(start_x, bin_x, bin_w, grid_w, W)
     for iy in range(iy0, iy1):
         y_lo, y_hi, wy_lo, wy_hi = axis_taps(sample_position(start_y, bin_y, bin_h, iy, grid_h), H)
+        row_lo = grad_ptr + y_lo.to(tl.int64) * stride_h
+        row_hi = grad_ptr + y_hi.to(tl.int64) * stride_h
         for ix in range(ix0, ix1):
             x_lo, x_hi, wx_lo, wx_hi = axis_taps(sample_position(start_x, bin_x, bin_w, ix, grid_w), W)
-            tl.atomic_add(grad_ptr + y_lo * stride_h + x_lo * stride_w + c_offsets, (wy_lo * wx_lo) * grad_bin,
-                          mask=c_mask, sem="relaxed")
-            tl.atomic_add(grad_ptr + y_lo * stride_h + x_hi * stride_w + c_offsets, (wy_lo * wx_hi) * grad_bin,
-                          mask=c_mask, sem="relaxed")
-            tl.atomic_add(grad_ptr + y_hi * stride_h + x_lo * stride_w + c_offsets, (wy_hi * wx_lo) * grad_bin,
-                          mask=c_mask, sem="relaxed")
-            tl.atomic_add(grad_ptr + y_hi * stride_h + x_hi * stride_w + c_offsets, (wy_hi * wx_hi) * grad_bin,
-                          mask=c_mask, sem="relaxed")
+            col_lo = x_lo.to(tl.int64) * stride_w + c_offsets
+            col_hi = x_hi.to(tl.int64) * stride_w + c_offsets
+            tl.atomic_add(row_lo + col_lo, (wy_lo * wx_lo) * grad_bin, mask=c_mask, sem="relaxed")
+            tl.atomic_add(row_lo + col_hi, (wy_lo * wx_hi) * grad_bin, mask=c_mask, sem="relaxed")
+            tl.atomic_add(row_hi + col_lo, (wy_hi * wx_lo) * grad_bin, mask=c_mask, sem="relaxed")
+            tl.atomic_add(row_hi + col_hi, (wy_hi * wx_hi) * grad_bin, mask=c_mask, sem="relaxed")
 
 
 @triton.jit

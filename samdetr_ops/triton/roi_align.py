@@ -6,7 +6,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
 from ._common import (alert_atomic_scatter, autotune_configs, bin_scatter, bin_sum, feature_grad,
-                      feature_grad_accumulator, fixed_config, roi_geometry)
+                      feature_grad_accumulator, fixed_config, program_index, roi_geometry)
 
 
 def acc_dtype(dtype):
@@ -20,7 +20,7 @@ def _roi_align_forward_kernel(feat_ptr, box_ptr, out_ptr, N, C, H, W, sf_b, sf_c
                               sampling_ratio, aligned, SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr,
                               ACC: tl.constexpr):
     # program = (roi, bin); features read through their strides (channels-last: contiguous channel vectors)
-    pid = tl.program_id(0)
+    pid = program_index()
     roi = pid // (SH * SW)
     bin_index = pid % (SH * SW)
     b = roi // N
@@ -41,7 +41,7 @@ def _roi_align_forward_kernel(feat_ptr, box_ptr, out_ptr, N, C, H, W, sf_b, sf_c
 def _roi_align_backward_kernel(grad_ptr, box_ptr, gfeat_ptr, N, C, H, W, scale: tl.float64, sampling_ratio, aligned,
                                SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     # program = (roi, bin); gfeat is a (B, H, W, C) accumulator in ACC
-    pid = tl.program_id(0)
+    pid = program_index()
     roi = pid // (SH * SW)
     bin_index = pid % (SH * SW)
     b = roi // N

@@ -7,7 +7,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
-from ._common import autotune_configs, float_arg
+from ._common import autotune_configs, float_arg, program_index
 from .roi_align import acc_dtype
 
 
@@ -42,7 +42,7 @@ def _embedding(box_ptr, pts_ptr, row, M, half, log2_temperature, BLOCK: tl.const
 @triton.jit
 def _forward_kernel(box_ptr, pts_ptr, logit_ptr, out_ptr, M, half, log2_temperature: tl.float64,
                     BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0)
+    row = program_index()
     value_y, _, value_x, _, _, _, _, _ = _embedding(box_ptr, pts_ptr, row, M, half, log2_temperature, BLOCK, ACC)
     k = tl.arange(0, BLOCK)
     mask = k < half
@@ -57,7 +57,7 @@ def _forward_kernel(box_ptr, pts_ptr, logit_ptr, out_ptr, M, half, log2_temperat
 @triton.jit
 def _backward_kernel(grad_ptr, box_ptr, pts_ptr, logit_ptr, gpts_ptr, glogit_ptr, partial_ptr, M, half,
                      log2_temperature: tl.float64, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0)
+    row = program_index()
     value_y, d_y, value_x, d_x, w, h, pt_x, pt_y = _embedding(box_ptr, pts_ptr, row, M, half, log2_temperature,
                                                               BLOCK, ACC)
     k = tl.arange(0, BLOCK)
@@ -107,8 +107,8 @@ def salient_point_pos_embed_backward(grad_output: torch.Tensor, boxes_cxcywh: to
     if B * N * M * D > 0:
         wrap_triton(_backward_kernel)[(B * N * M,)](
             grad_output.contiguous(), boxes_cxcywh.contiguous(), points.contiguous(), weight_logits.contiguous(),
-            grad_points, grad_logits, partials, M, half, math.log2(temperature), BLOCK=triton.next_power_of_2(int(half)),
-            ACC=acc_dtype(boxes_cxcywh.dtype))
+            grad_points, grad_logits, partials, M, half, math.log2(temperature),
+            BLOCK=triton.next_power_of_2(int(half)), ACC=acc_dtype(boxes_cxcywh.dtype))
     return partials.sum(2).to(boxes_cxcywh.dtype), grad_points, grad_logits
 
 

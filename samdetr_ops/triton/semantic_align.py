@@ -9,7 +9,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
 from ._common import (alert_atomic_scatter, autotune_configs, bin_scatter, bin_sum, feature_grad,
-                      feature_grad_accumulator, fixed_config, grid_corner, roi_geometry)
+                      feature_grad_accumulator, fixed_config, grid_corner, program_index, roi_geometry)
 from .roi_align import acc_dtype
 
 
@@ -28,7 +28,7 @@ def _corner_value(feat_ptr, sf_h, sf_w, c_offsets, mask, geometry, bin_x, bin_y,
 def _forward_kernel(feat_ptr, box_ptr, pts_ptr, logit_ptr, out_ptr, N, M, C, H, W, sf_b, sf_c, sf_h, sf_w,
                     scale: tl.float64, sampling_ratio, aligned, SH: tl.constexpr, SW: tl.constexpr,
                     BLOCK_C: tl.constexpr, ACC: tl.constexpr):
-    item = tl.program_id(0)  # (roi, m)
+    item = program_index()  # (roi, m)
     roi = item // M
     b = roi // N
     geometry = roi_geometry(box_ptr + roi * 4, scale, SH, SW, sampling_ratio, aligned, ACC)
@@ -53,7 +53,7 @@ def _backward_kernel(grad_ptr, feat_ptr, box_ptr, pts_ptr, logit_ptr, gfeat_ptr,
                      W, sf_b, sf_c, sf_h, sf_w, scale: tl.float64, sampling_ratio, aligned, need_features,
                      need_points, need_logits, SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr,
                      ACC: tl.constexpr):
-    item = tl.program_id(0)  # (roi, m); gfeat is a (B, H, W, C) accumulator in ACC
+    item = program_index()  # (roi, m); gfeat is a (B, H, W, C) accumulator in ACC
     roi = item // M
     b = roi // N
     geometry = roi_geometry(box_ptr + roi * 4, scale, SH, SW, sampling_ratio, aligned, ACC)
