@@ -3,6 +3,7 @@
 quick, while still covering every box kind, point range, memory layout and zero size. With a GPU the full matrix
 of test_roi_align.py / test_semantic_align.py / test_pos_embed.py runs the Triton backend too."""
 import os
+import warnings
 
 import pytest
 import torch
@@ -154,31 +155,27 @@ ATOMIC = [("roi_align", (True, False)), ("semantic_align", (True, False, True, T
 ATOMIC_FREE = [("semantic_align", (False, False, True, True)), ("salient_point_pos_embed", (True, True, True))]
 
 
-@pytest.fixture
-def deterministic():
-    def enable(warn_only=False):
-        torch.use_deterministic_algorithms(True, warn_only=warn_only)
-    yield enable
-    torch.use_deterministic_algorithms(False)
-
-
-@pytest.mark.parametrize("op,requires_grad", ATOMIC, ids=[a for a, _ in ATOMIC])
-def test_deterministic_mode_raises_for_the_atomic_backward(op, requires_grad, deterministic):
-    """As the CUDA kernels: the atomically scattered feature gradient raises under deterministic mode, and warns
-    with warn_only=True (raised here under the interpreter too, which runs the same atomic code in order)."""
-    deterministic()
-    with pytest.raises(RuntimeError, match="accumulated with atomic adds"):
-        _backward_of(op, requires_grad)
-    deterministic(warn_only=True)
-    with pytest.warns(UserWarning, match="accumulated with atomic adds"):
-        _backward_of(op, requires_grad)
-
-
-@pytest.mark.parametrize("op,requires_grad", ATOMIC_FREE, ids=[a for a, _ in ATOMIC_FREE])
-def test_deterministic_mode_allows_the_atomic_free_backward(op, requires_grad, deterministic, recwarn):
-    deterministic()
-    _backward_of(op, requires_grad)
-    assert not [w for w in recwarn if "atomic" in str(w.message)]
+@pytest.mark.parametrize("warn_only", [False, True], ids=["strict", "warn_only"])
+@pytest.mark.parametrize("op,requires_grad", ATOMIC + ATOMIC_FREE,
+                         ids=["roi_align", "semantic_align", "semantic_align_no_features", "pos_embed"])
+def test_deterministic_mode(op, requires_grad, warn_only):
+    """As the CUDA kernels: under torch.use_deterministic_algorithms(True) the atomically scattered feature
+    gradient raises (warns with warn_only=True); the atomic-free gradients neither raise nor warn. (Raised under
+    the interpreter too, which runs the same atomic code, only in order.)"""
+    atomic = (op, requires_grad) in ATOMIC
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if atomic and not warn_only:
+                with pytest.raises(RuntimeError, match="accumulated with atomic adds"):
+                    _backward_of(op, requires_grad)
+            else:
+                _backward_of(op, requires_grad)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    warned = any("accumulated with atomic adds" in str(w.message) for w in caught)
+    assert warned == (atomic and warn_only)
 
 
 def test_first_call_at_a_new_shape_gives_the_right_gradient():
