@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../checks.h"
 #include "../samdetr_math.h"
@@ -64,7 +65,7 @@ __device__ __forceinline__ void add_bin(const RoiGeometry<acc_t>& g, int64_t by,
 // The widest vector (16 bytes and max_elements at most) that divides the channel count and keeps every given
 // pointer aligned.
 inline int vector_width(int64_t channels, size_t itemsize, std::initializer_list<const void*> pointers,
-                        int max_elements = 8) {
+                        int max_elements) {
   int vec = std::min(static_cast<int>(16 / itemsize), max_elements);
   while (vec > 1) {
     bool ok = channels % vec == 0;
@@ -75,13 +76,25 @@ inline int vector_width(int64_t channels, size_t itemsize, std::initializer_list
   return vec;
 }
 
-#define SAMDETR_DISPATCH_VEC(vec, ...)          \
-  switch (vec) {                                \
-    case 8: { constexpr int VEC = 8; __VA_ARGS__(); break; } \
-    case 4: { constexpr int VEC = 4; __VA_ARGS__(); break; } \
-    case 2: { constexpr int VEC = 2; __VA_ARGS__(); break; } \
-    default: { constexpr int VEC = 1; __VA_ARGS__(); break; } \
+// Calls launch(std::integral_constant<int, VEC>()) with the vector_width of the channels and pointers, VEC at
+// most 16 bytes of scalar_t and kMaxElements. Only the widths that can be chosen are instantiated (float64: 1 and
+// 2), so no kernel is compiled that can never run.
+template <typename scalar_t, int kMaxElements = 8, typename Launch>
+inline void dispatch_vector_width(int64_t channels, std::initializer_list<const void*> pointers,
+                                  const Launch& launch) {
+  constexpr int kMaxVec = std::min(static_cast<int>(16 / sizeof(scalar_t)), kMaxElements);
+  const int vec = vector_width(channels, sizeof(scalar_t), pointers, kMaxVec);
+  if constexpr (kMaxVec >= 8) {
+    if (vec == 8) return launch(std::integral_constant<int, 8>());
   }
+  if constexpr (kMaxVec >= 4) {
+    if (vec == 4) return launch(std::integral_constant<int, 4>());
+  }
+  if constexpr (kMaxVec >= 2) {
+    if (vec == 2) return launch(std::integral_constant<int, 2>());
+  }
+  launch(std::integral_constant<int, 1>());
+}
 
 // Items of `vectors` channel vectors each share a block: `lanes` threads per item (a power of two, at most
 // kMaxLanes; each lane loops over channel vectors lane, lane + lanes, ...), kThreads / lanes items per block.
@@ -115,19 +128,27 @@ __device__ __forceinline__ A item_sum(A v, A* scratch /* kThreads */, int lanes)
 }
 
 // The feature gradient is scattered with atomics into an accumulator in the op-math type: the gradient tensor
-// itself for float32/float64, a float32 buffer for float16/bfloat16 (cast once at the end).
+// itself for float32/float64, a float32 buffer for float16/bfloat16 (cast once at the end). The gradient is
+// allocated as the fake kernel allocates it (channels-last), so that its strides agree even for an empty map
+// (torch.compile checks them).
 struct FeatureGradAccumulator {
   at::Tensor grad;   // (B, C, H, W) channels-last, the op's result
-  at::Tensor accum;  // (B, H, W, C) contiguous, op-math dtype; aliases `grad` when no cast is needed
+  at::Tensor accum;  // (B, H, W, C) dense, op-math dtype: a view of `grad` when no cast is needed
 
   FeatureGradAccumulator(int64_t B, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
     const bool low_precision = options.dtype() == at::kHalf || options.dtype() == at::kBFloat16;
-    accum = at::zeros({B, H, W, C}, options.dtype(low_precision ? at::kFloat : options.dtype().toScalarType()));
-    if (!low_precision) grad = accum.permute({0, 3, 1, 2});
+    const at::TensorOptions channels_last = options.memory_format(at::MemoryFormat::ChannelsLast);
+    if (low_precision) {
+      grad = at::empty({B, C, H, W}, channels_last);
+      accum = at::zeros({B, H, W, C}, options.dtype(at::kFloat));
+    } else {
+      grad = at::zeros({B, C, H, W}, channels_last);
+      accum = grad.permute({0, 2, 3, 1});
+    }
   }
 
-  at::Tensor finish(at::ScalarType dtype) {
-    if (!grad.defined()) grad = accum.permute({0, 3, 1, 2}).to(dtype);  // keeps the channels-last strides
+  at::Tensor finish() {
+    if (accum.scalar_type() != grad.scalar_type()) grad.copy_(accum.permute({0, 3, 1, 2}));
     return grad;
   }
 };

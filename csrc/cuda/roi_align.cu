@@ -110,8 +110,8 @@ at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "samdetr_roi_align_forward_cuda",
                                   [&] {
-    const int vec = vector_width(C, sizeof(scalar_t), {feat.const_data_ptr()});
-    SAMDETR_DISPATCH_VEC(vec, [&] {
+    dispatch_vector_width<scalar_t>(C, {feat.const_data_ptr()}, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
       const int64_t chunk = kForwardLanes * VEC, chunks = (C + chunk - 1) / chunk;
       roi_align_forward_kernel<scalar_t, VEC><<<B * N * chunks, kThreads, 0, stream>>>(
           feat.const_data_ptr<scalar_t>(), box.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, C,
@@ -131,7 +131,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& b
   const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], N = boxes.size(1);
   const c10::cuda::CUDAGuard guard(grad_output.device());
   FeatureGradAccumulator acc(B, C, H, W, grad_output.options());
-  if (B * N * C * H * W == 0) return acc.finish(grad_output.scalar_type());
+  if (B * N * C * H * W == 0) return acc.finish();
   alert_atomic_scatter("roi_align_backward");
   const at::Tensor grad_t = grad_output.permute({0, 1, 3, 4, 2}).contiguous();  // (B, N, S_h, S_w, C)
   const at::Tensor box = boxes.contiguous();
@@ -139,8 +139,8 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& b
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad_output.scalar_type(),
                                   "samdetr_roi_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int vec = vector_width(C, sizeof(scalar_t), {grad_t.const_data_ptr()});
-    SAMDETR_DISPATCH_VEC(vec, [&] {
+    dispatch_vector_width<scalar_t>(C, {grad_t.const_data_ptr()}, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
       const int64_t items = B * N * pooled.h * pooled.w;
       const ItemTiling tiling = item_tiling(items, C / VEC);
       roi_align_backward_kernel<scalar_t, VEC><<<tiling.blocks, kThreads, 0, stream>>>(
@@ -150,7 +150,7 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& b
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return acc.finish(grad_output.scalar_type());
+  return acc.finish();
 }
 
 }  // namespace

@@ -51,9 +51,13 @@ semantic_align_forward_kernel(const scalar_t* __restrict__ features,  // (B, H, 
 // Per point: recomputes the (at most 4) corner bins, writes the logits' gradient, reduces the point's gradient
 // over channels inside the block (one plain store per point, no atomics), and scatters the features' gradient.
 // Register budget: 2 blocks per SM (at most 128 registers a thread), with at most 4 channels a lane (see the
-// launcher): 8 per lane took ~200 registers (ptxas -v, sm_90) and one block per SM.
+// launcher): 8 per lane took ~200 registers (ptxas -v, sm_90) and one block per SM. float64 (two registers a
+// value) gets one block per SM: under the 128 cap it spilled 168 bytes.
+template <typename scalar_t>
+constexpr int kBackwardBlocksPerSM = std::is_same<at::opmath_type<scalar_t>, double>::value ? 1 : 2;
+
 template <typename scalar_t, int VEC>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSM<scalar_t>)
 semantic_align_backward_kernel(const scalar_t* __restrict__ grad,      // (B, N, M, C)
                                const scalar_t* __restrict__ features,  // (B, H, W, C)
                                const scalar_t* __restrict__ boxes,     // (B, N, 4)
@@ -167,9 +171,10 @@ at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(),
                                   "samdetr_semantic_align_forward_cuda", [&] {
-    const int vec = vector_width(C, sizeof(scalar_t), {feat.const_data_ptr(), logits.const_data_ptr(),
-                                                       out.const_data_ptr()});
-    SAMDETR_DISPATCH_VEC(vec, [&] {
+    const std::initializer_list<const void*> vectors = {feat.const_data_ptr(), logits.const_data_ptr(),
+                                                        out.const_data_ptr()};
+    dispatch_vector_width<scalar_t>(C, vectors, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
       const int64_t items = B * N * M;
       const ItemTiling tiling = item_tiling(items, C / VEC);
       semantic_align_forward_kernel<scalar_t, VEC><<<tiling.blocks, kThreads, 0, stream>>>(
@@ -199,7 +204,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
   at::Tensor grad_logits = at::zeros({B, N, M, C}, weight_logits.options());
   const bool empty = B * N * M * C == 0 || H == 0 || W == 0;
   if (empty || !(need_feat || need_points || need_logits))
-    return {acc.finish(features.scalar_type()), grad_points, grad_logits};
+    return {acc.finish(), grad_points, grad_logits};
   if (need_feat) alert_atomic_scatter("semantic_align_backward");
   const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor box = boxes.contiguous(), pts = points.contiguous(), logits = weight_logits.contiguous();
@@ -208,10 +213,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(),
                                   "samdetr_semantic_align_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const int vec = vector_width(C, sizeof(scalar_t), {feat.const_data_ptr(), logits.const_data_ptr(),
-                                                       grad.const_data_ptr(), grad_logits.const_data_ptr()},
-                                 /*max_elements=*/4);
-    SAMDETR_DISPATCH_VEC(vec, [&] {
+    const std::initializer_list<const void*> vectors = {feat.const_data_ptr(), logits.const_data_ptr(),
+                                                        grad.const_data_ptr(), grad_logits.const_data_ptr()};
+    dispatch_vector_width<scalar_t, /*kMaxElements=*/4>(C, vectors, [&](auto vec) {
+      constexpr int VEC = decltype(vec)::value;
       const int64_t items = B * N * M;
       const ItemTiling tiling = item_tiling(items, C / VEC);
       semantic_align_backward_kernel<scalar_t, VEC><<<tiling.blocks, kThreads, 0, stream>>>(
@@ -223,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
-  return {acc.finish(features.scalar_type()), grad_points, grad_logits};
+  return {acc.finish(), grad_points, grad_logits};
 }
 
 }  // namespace

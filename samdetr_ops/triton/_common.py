@@ -1,18 +1,79 @@
 """Triton device functions shared by the three ops: the same RoIAlign / grid_sample / sine rules as
 csrc/samdetr_math.h (which the C++ and CUDA kernels share), written for Triton. Branch-free: off-map samples and
-off-grid corners get weight 0 and clamped (always in-bounds) indices."""
-import os
+off-grid corners get weight 0 and clamped (always in-bounds) indices.
 
+Rules every kernel here follows, each checked by tests/test_triton_compile.py (which compiles every kernel for
+sm_80/sm_90 without a GPU, since the interpreter never compiles anything):
+- module-level numbers read inside @triton.jit code are tl.constexpr (Triton refuses plain globals on a GPU);
+- float scalar arguments are annotated tl.float64: Triton passes an unannotated Python float as a 32-bit float,
+  which would cost float64 inputs their precision (spatial_scale = 1/3, log2(temperature));
+- a kernel that scatters with atomics has one fixed config (see fixed_config);
+- program ids are widened to int64 before they are multiplied into an offset (B*N*C*S*S can pass 2**31).
+
+Autotuned kernels benchmark their configs on the first call for each new key (channel count, dtype), which
+synchronises the device: warm up (one call per shape) before capturing a CUDA graph."""
+import os
+import warnings
+
+import torch
 import triton
 import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_SAMPLES_PER_AXIS = 1 << 24  # as kMaxSamplesPerAxis in csrc/samdetr_math.h
+MAX_SAMPLES_PER_AXIS: tl.constexpr = tl.constexpr(1 << 24)  # as kMaxSamplesPerAxis in csrc/samdetr_math.h
 
 
 def autotune_configs(*warps):
     """A few num_warps candidates on a GPU; one config under the interpreter (autotuning there only costs)."""
     return [triton.Config({}, num_warps=w) for w in (warps[:1] if INTERPRET else warps)]
+
+
+def fixed_config(warps):
+    """The one config of a kernel that accumulates with atomics. Autotuning runs every candidate config into the
+    same output on the first call for a shape, which would multiply an atomically accumulated gradient (and
+    benchmarking synchronises, so a first call could not be captured in a CUDA graph); one config is never
+    benchmarked."""
+    return [triton.Config({}, num_warps=warps)]
+
+
+def alert_atomic_scatter(op):
+    """As the CUDA kernels do (at::globalContext().alertNotDeterministic): under
+    torch.use_deterministic_algorithms(True) an atomically scattered gradient raises, or warns with
+    warn_only=True. Called by the launcher of every backward that scatters with atomics."""
+    if not torch.are_deterministic_algorithms_enabled():
+        return
+    message = (f"samdetr_ops.{op} (Triton): the feature gradient is accumulated with atomic adds, so its last bits "
+               "vary between runs on a GPU. Use the 'cpp' backend on CPU for bit-identical results, or call "
+               "torch.use_deterministic_algorithms(True, warn_only=True) to accept it")
+    if torch.is_deterministic_algorithms_warn_only_enabled():
+        warnings.warn(message, UserWarning, stacklevel=3)
+    else:
+        raise RuntimeError(message)
+
+
+def feature_grad_accumulator(feature_shape, dtype, device):
+    """The (B, H, W, C) zeros a backward kernel scatters the feature gradient into, in the op-math type (float64
+    for float64, else float32)."""
+    B, C, H, W = feature_shape
+    return torch.zeros((B, H, W, C), dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
+
+
+def feature_grad(accum, dtype):
+    """The (B, C, H, W) channels-last gradient in `dtype` from feature_grad_accumulator's buffer."""
+    return accum.permute(0, 3, 1, 2).to(dtype)
+
+
+@triton.jit
+def program_index():
+    """This program's index along the grid, as int64: every offset computed from it is then 64-bit (the grid is
+    B*N*S_h*S_w or B*N*M programs, times C channels an offset can pass 2**31 while each factor is small)."""
+    return tl.program_id(0).to(tl.int64)
+
+
+@triton.jit
+def float_arg(x, ACC: tl.constexpr):
+    """A tl.float64-annotated scalar argument in ACC. (Not x.to(ACC): under the interpreter x is a Python float.)"""
+    return tl.full((), x, ACC)
 
 
 @triton.jit
@@ -23,7 +84,8 @@ def _is_finite(x):
 @triton.jit
 def roi_geometry(box_ptr, scale, SH, SW, sampling_ratio, aligned, ACC: tl.constexpr):
     """(start_y, start_x, bin_h, bin_w, grid_h, grid_w, inv_count) of the box at box_ptr (x1, y1, x2, y2) pooled
-    to SH x SW bins, computed in ACC (float32, or float64 for float64 inputs)."""
+    to SH x SW bins, computed in ACC (float32, or float64 for float64 inputs; scale arrives as float64)."""
+    scale = float_arg(scale, ACC)
     x1 = tl.load(box_ptr + 0).to(ACC)
     y1 = tl.load(box_ptr + 1).to(ACC)
     x2 = tl.load(box_ptr + 2).to(ACC)
@@ -33,7 +95,7 @@ def roi_geometry(box_ptr, scale, SH, SW, sampling_ratio, aligned, ACC: tl.conste
     start_y = y1 * scale - offset
     roi_w = x2 * scale - offset - start_x
     roi_h = y2 * scale - offset - start_y
-    # tested before the legacy clamp below, which would turn a NaN extent into 1
+    # tested before the legacy clamp below, which would turn a NaN extent into 1 (on a GPU max(NaN, 1) is 1)
     finite = _is_finite(start_x) & _is_finite(start_y) & _is_finite(roi_w) & _is_finite(roi_h)
     roi_w = tl.where(aligned, roi_w, tl.maximum(roi_w, 1.0))
     roi_h = tl.where(aligned, roi_h, tl.maximum(roi_h, 1.0))
@@ -94,12 +156,16 @@ def bin_sum(feat_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_x, b
     ix0, ix1 = sample_range(start_x, bin_x, bin_w, grid_w, W)
     for iy in range(iy0, iy1):
         y_lo, y_hi, wy_lo, wy_hi = axis_taps(sample_position(start_y, bin_y, bin_h, iy, grid_h), H)
+        row_lo = feat_ptr + y_lo.to(tl.int64) * stride_h  # 64-bit: a map may pass 2**31 elements
+        row_hi = feat_ptr + y_hi.to(tl.int64) * stride_h
         for ix in range(ix0, ix1):
             x_lo, x_hi, wx_lo, wx_hi = axis_taps(sample_position(start_x, bin_x, bin_w, ix, grid_w), W)
-            v00 = tl.load(feat_ptr + y_lo * stride_h + x_lo * stride_w + c_offsets, mask=c_mask, other=0.0)
-            v01 = tl.load(feat_ptr + y_lo * stride_h + x_hi * stride_w + c_offsets, mask=c_mask, other=0.0)
-            v10 = tl.load(feat_ptr + y_hi * stride_h + x_lo * stride_w + c_offsets, mask=c_mask, other=0.0)
-            v11 = tl.load(feat_ptr + y_hi * stride_h + x_hi * stride_w + c_offsets, mask=c_mask, other=0.0)
+            col_lo = x_lo.to(tl.int64) * stride_w + c_offsets
+            col_hi = x_hi.to(tl.int64) * stride_w + c_offsets
+            v00 = tl.load(row_lo + col_lo, mask=c_mask, other=0.0)
+            v01 = tl.load(row_lo + col_hi, mask=c_mask, other=0.0)
+            v10 = tl.load(row_hi + col_lo, mask=c_mask, other=0.0)
+            v11 = tl.load(row_hi + col_hi, mask=c_mask, other=0.0)
             acc += (wy_lo * wx_lo) * v00.to(acc.dtype) + (wy_lo * wx_hi) * v01.to(acc.dtype) + \
                 (wy_hi * wx_lo) * v10.to(acc.dtype) + (wy_hi * wx_hi) * v11.to(acc.dtype)
     return acc
@@ -108,21 +174,22 @@ def bin_sum(feat_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_x, b
 @triton.jit
 def bin_scatter(grad_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_x, bin_h, bin_w, grid_h, grid_w,
                 bin_y, bin_x, H, W, grad_bin):
-    """The adjoint of bin_sum: atomically adds grad_bin (already divided by the count) over the bin's samples."""
+    """The adjoint of bin_sum: atomically adds grad_bin (already divided by the count) over the bin's samples.
+    Relaxed atomics, as atomicAdd in the CUDA kernels: only the sum matters, not its order against other memory."""
     iy0, iy1 = sample_range(start_y, bin_y, bin_h, grid_h, H)
     ix0, ix1 = sample_range(start_x, bin_x, bin_w, grid_w, W)
     for iy in range(iy0, iy1):
         y_lo, y_hi, wy_lo, wy_hi = axis_taps(sample_position(start_y, bin_y, bin_h, iy, grid_h), H)
+        row_lo = grad_ptr + y_lo.to(tl.int64) * stride_h
+        row_hi = grad_ptr + y_hi.to(tl.int64) * stride_h
         for ix in range(ix0, ix1):
             x_lo, x_hi, wx_lo, wx_hi = axis_taps(sample_position(start_x, bin_x, bin_w, ix, grid_w), W)
-            tl.atomic_add(grad_ptr + y_lo * stride_h + x_lo * stride_w + c_offsets, (wy_lo * wx_lo) * grad_bin,
-                          mask=c_mask)
-            tl.atomic_add(grad_ptr + y_lo * stride_h + x_hi * stride_w + c_offsets, (wy_lo * wx_hi) * grad_bin,
-                          mask=c_mask)
-            tl.atomic_add(grad_ptr + y_hi * stride_h + x_lo * stride_w + c_offsets, (wy_hi * wx_lo) * grad_bin,
-                          mask=c_mask)
-            tl.atomic_add(grad_ptr + y_hi * stride_h + x_hi * stride_w + c_offsets, (wy_hi * wx_hi) * grad_bin,
-                          mask=c_mask)
+            col_lo = x_lo.to(tl.int64) * stride_w + c_offsets
+            col_hi = x_hi.to(tl.int64) * stride_w + c_offsets
+            tl.atomic_add(row_lo + col_lo, (wy_lo * wx_lo) * grad_bin, mask=c_mask, sem="relaxed")
+            tl.atomic_add(row_lo + col_hi, (wy_lo * wx_hi) * grad_bin, mask=c_mask, sem="relaxed")
+            tl.atomic_add(row_hi + col_lo, (wy_hi * wx_lo) * grad_bin, mask=c_mask, sem="relaxed")
+            tl.atomic_add(row_hi + col_hi, (wy_hi * wx_hi) * grad_bin, mask=c_mask, sem="relaxed")
 
 
 @triton.jit

@@ -5,7 +5,8 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
-from ._common import autotune_configs, bin_scatter, bin_sum, roi_geometry
+from ._common import (alert_atomic_scatter, autotune_configs, bin_scatter, bin_sum, feature_grad,
+                      feature_grad_accumulator, fixed_config, program_index, roi_geometry)
 
 
 def acc_dtype(dtype):
@@ -15,11 +16,11 @@ def acc_dtype(dtype):
 
 @triton.autotune(configs=autotune_configs(2, 4, 8), key=["C"])
 @triton.jit
-def _roi_align_forward_kernel(feat_ptr, box_ptr, out_ptr, N, C, H, W, sf_b, sf_c, sf_h, sf_w, scale, sampling_ratio,
-                              aligned, SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr,
+def _roi_align_forward_kernel(feat_ptr, box_ptr, out_ptr, N, C, H, W, sf_b, sf_c, sf_h, sf_w, scale: tl.float64,
+                              sampling_ratio, aligned, SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr,
                               ACC: tl.constexpr):
     # program = (roi, bin); features read through their strides (channels-last: contiguous channel vectors)
-    pid = tl.program_id(0)
+    pid = program_index()
     roi = pid // (SH * SW)
     bin_index = pid % (SH * SW)
     b = roi // N
@@ -35,12 +36,12 @@ def _roi_align_forward_kernel(feat_ptr, box_ptr, out_ptr, N, C, H, W, sf_b, sf_c
              mask=mask)
 
 
-@triton.autotune(configs=autotune_configs(2, 4, 8), key=["C"])
+@triton.autotune(configs=fixed_config(4), key=["C"])  # atomics: never autotuned (see fixed_config)
 @triton.jit
-def _roi_align_backward_kernel(grad_ptr, box_ptr, gfeat_ptr, N, C, H, W, scale, sampling_ratio, aligned,
+def _roi_align_backward_kernel(grad_ptr, box_ptr, gfeat_ptr, N, C, H, W, scale: tl.float64, sampling_ratio, aligned,
                                SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     # program = (roi, bin); gfeat is a (B, H, W, C) accumulator in ACC
-    pid = tl.program_id(0)
+    pid = program_index()
     roi = pid // (SH * SW)
     bin_index = pid % (SH * SW)
     b = roi // N
@@ -59,7 +60,7 @@ def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: list[int
     B, C, H, W = features.shape
     N, (SH, SW) = boxes.shape[1], output_size
     out = features.new_zeros((B, N, C, SH, SW))
-    if B * N * C == 0 or H == 0 or W == 0:
+    if B * N * C * SH * SW == 0 or H == 0 or W == 0:
         return out
     boxes = boxes.contiguous()
     wrap_triton(_roi_align_forward_kernel)[(B * N * SH * SW,)](
@@ -74,13 +75,13 @@ def roi_align_backward(grad_output: torch.Tensor, boxes: torch.Tensor, feature_s
                        aligned: bool) -> torch.Tensor:
     B, C, H, W = feature_shape
     N, (SH, SW) = boxes.shape[1], output_size
-    accum_dtype = torch.float64 if grad_output.dtype == torch.float64 else torch.float32
-    accum = grad_output.new_zeros((B, H, W, C), dtype=accum_dtype)
-    if B * N * C * H * W > 0:
+    accum = feature_grad_accumulator(feature_shape, grad_output.dtype, grad_output.device)
+    if B * N * C * H * W * SH * SW > 0:
+        alert_atomic_scatter("roi_align_backward")
         wrap_triton(_roi_align_backward_kernel)[(B * N * SH * SW,)](
             grad_output.contiguous(), boxes.contiguous(), accum, N, C, H, W, spatial_scale, sampling_ratio, aligned,
             SH=SH, SW=SW, BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(grad_output.dtype))
-    return accum.permute(0, 3, 1, 2).to(grad_output.dtype)  # (B, C, H, W), channels-last
+    return feature_grad(accum, grad_output.dtype)
 
 
 _autograd.register(roi_align, roi_align_backward, "roi_align")

@@ -7,7 +7,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
-from ._common import autotune_configs
+from ._common import autotune_configs, float_arg, program_index
 from .roi_align import acc_dtype
 
 
@@ -26,7 +26,7 @@ def _embedding(box_ptr, pts_ptr, row, M, half, log2_temperature, BLOCK: tl.const
     px = cx + 0.5 * w * pt_x
     k = tl.arange(0, BLOCK)
     pair = (k // 2).to(ACC)
-    frequency = tl.exp2(-(2.0 * pair / half) * log2_temperature).to(ACC)  # 1 / temperature^(2 (k // 2) / half)
+    frequency = tl.exp2(-(2.0 * pair / half) * float_arg(log2_temperature, ACC))  # 1 / temperature^(2 (k // 2) / half)
     two_pi: tl.constexpr = 6.283185307179586
     ty = (py * two_pi) * frequency
     tx = (px * two_pi) * frequency
@@ -40,9 +40,9 @@ def _embedding(box_ptr, pts_ptr, row, M, half, log2_temperature, BLOCK: tl.const
 
 @triton.autotune(configs=autotune_configs(1, 2, 4), key=["half"])
 @triton.jit
-def _forward_kernel(box_ptr, pts_ptr, logit_ptr, out_ptr, M, half, log2_temperature, BLOCK: tl.constexpr,
-                    ACC: tl.constexpr):
-    row = tl.program_id(0)
+def _forward_kernel(box_ptr, pts_ptr, logit_ptr, out_ptr, M, half, log2_temperature: tl.float64,
+                    BLOCK: tl.constexpr, ACC: tl.constexpr):
+    row = program_index()
     value_y, _, value_x, _, _, _, _, _ = _embedding(box_ptr, pts_ptr, row, M, half, log2_temperature, BLOCK, ACC)
     k = tl.arange(0, BLOCK)
     mask = k < half
@@ -56,8 +56,8 @@ def _forward_kernel(box_ptr, pts_ptr, logit_ptr, out_ptr, M, half, log2_temperat
 @triton.autotune(configs=autotune_configs(1, 2, 4), key=["half"])
 @triton.jit
 def _backward_kernel(grad_ptr, box_ptr, pts_ptr, logit_ptr, gpts_ptr, glogit_ptr, partial_ptr, M, half,
-                     log2_temperature, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    row = tl.program_id(0)
+                     log2_temperature: tl.float64, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    row = program_index()
     value_y, d_y, value_x, d_x, w, h, pt_x, pt_y = _embedding(box_ptr, pts_ptr, row, M, half, log2_temperature,
                                                               BLOCK, ACC)
     k = tl.arange(0, BLOCK)
@@ -107,8 +107,8 @@ def salient_point_pos_embed_backward(grad_output: torch.Tensor, boxes_cxcywh: to
     if B * N * M * D > 0:
         wrap_triton(_backward_kernel)[(B * N * M,)](
             grad_output.contiguous(), boxes_cxcywh.contiguous(), points.contiguous(), weight_logits.contiguous(),
-            grad_points, grad_logits, partials, M, half, math.log2(temperature), BLOCK=triton.next_power_of_2(int(half)),
-            ACC=acc_dtype(boxes_cxcywh.dtype))
+            grad_points, grad_logits, partials, M, half, math.log2(temperature),
+            BLOCK=triton.next_power_of_2(int(half)), ACC=acc_dtype(boxes_cxcywh.dtype))
     return partials.sum(2).to(boxes_cxcywh.dtype), grad_points, grad_logits
 
 
