@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
@@ -18,10 +19,16 @@ namespace cpu {
 constexpr int64_t kChannelBlock = 32;
 
 inline void check_cpu_dtype(const char* op, const at::Tensor& t, const char* name) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "samdetr_ops.", op,
-                   ": the CPU kernel supports float32 and float64 `", name, "`, got ", t.scalar_type(),
-                   " (float16/bfloat16 run on CUDA)");
+  const at::ScalarType type = t.scalar_type();
+  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kDouble || type == at::kHalf || type == at::kBFloat16,
+                   "samdetr_ops.", op, ": the CPU kernel supports float32, float64, float16 and bfloat16 `", name,
+                   "`, got ", type);
 }
+
+// The dtypes of the CPU kernels: float16 and bfloat16 are read and written in their precision and computed in
+// float32 (acc_type in cpu_vec.h), as on CUDA.
+#define SAMDETR_DISPATCH_CPU_TYPES(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 // A zero-filled (B, C, H, W) tensor laid out channels-last (at::zeros ignores a memory format in its options).
 inline at::Tensor zeros_channels_last(at::IntArrayRef shape, const at::TensorOptions& options) {
