@@ -2,7 +2,7 @@
 //
 // Everything in this header is __host__ __device__ so that the CPU tests exercise exactly the code the GPU runs:
 // RoIAlign bin geometry (torchvision's rules, aligned or not, adaptive sampling count), the RoIAlign bilinear
-// taps, grid_sample's bilinear taps over the S x S RoI grid (align_corners=False, zero padding), the sigmoid
+// taps, grid_sample's bilinear taps over the RoI grid (align_corners=False, zero padding), the sigmoid
 // reweighting and the sinusoidal position embedding (these two also on CPU SIMD vectors, see Elementary). Only
 // thread mapping, vector loads and atomics differ between the back-ends.
 //
@@ -56,9 +56,10 @@ SAMDETR_HD int64_t adaptive_sample_count(T extent, int64_t bins) {
   return static_cast<int64_t>(c);
 }
 
-// box: x1, y1, x2, y2 in input pixels (features are `spatial_scale` times smaller).
+// box: x1, y1, x2, y2 in input pixels (features are `spatial_scale` times smaller), pooled to
+// pooled_h x pooled_w bins.
 template <typename T>
-SAMDETR_HD RoiGeometry<T> roi_geometry(T x1, T y1, T x2, T y2, T spatial_scale, int64_t output_size,
+SAMDETR_HD RoiGeometry<T> roi_geometry(T x1, T y1, T x2, T y2, T spatial_scale, int64_t pooled_h, int64_t pooled_w,
                                        int64_t sampling_ratio, bool aligned) {
   RoiGeometry<T> g;
   const T offset = aligned ? T(0.5) : T(0);
@@ -66,19 +67,21 @@ SAMDETR_HD RoiGeometry<T> roi_geometry(T x1, T y1, T x2, T y2, T spatial_scale, 
   g.start_y = y1 * spatial_scale - offset;
   T roi_w = x2 * spatial_scale - offset - g.start_x;
   T roi_h = y2 * spatial_scale - offset - g.start_y;
+  // Tested before the legacy clamp below, which would turn a NaN extent into 1 (and a NaN box into a 1x1 read).
+  const bool finite = SAMDETR_FN(isfinite)(g.start_x) && SAMDETR_FN(isfinite)(g.start_y) &&
+                      SAMDETR_FN(isfinite)(roi_w) && SAMDETR_FN(isfinite)(roi_h);
   if (!aligned) {  // legacy behaviour: force malformed boxes to be 1x1
     roi_w = roi_w > T(1) ? roi_w : T(1);
     roi_h = roi_h > T(1) ? roi_h : T(1);
   }
-  g.bin_h = roi_h / static_cast<T>(output_size);
-  g.bin_w = roi_w / static_cast<T>(output_size);
+  g.bin_h = roi_h / static_cast<T>(pooled_h);
+  g.bin_w = roi_w / static_cast<T>(pooled_w);
   if (sampling_ratio > 0) {
     g.grid_h = g.grid_w = sampling_ratio;
   } else {
-    g.grid_h = adaptive_sample_count(roi_h, output_size);
-    g.grid_w = adaptive_sample_count(roi_w, output_size);
+    g.grid_h = adaptive_sample_count(roi_h, pooled_h);
+    g.grid_w = adaptive_sample_count(roi_w, pooled_w);
   }
-  const bool finite = SAMDETR_FN(isfinite)(g.start_x) && SAMDETR_FN(isfinite)(g.start_y) && SAMDETR_FN(isfinite)(roi_w) && SAMDETR_FN(isfinite)(roi_h);
   if (!finite) g.grid_h = g.grid_w = 0;  // a NaN/Inf box reads nothing and yields zeros
   const int64_t count = g.grid_h * g.grid_w;
   g.inv_count = T(1) / static_cast<T>(count > 1 ? count : 1);
@@ -173,11 +176,11 @@ SAMDETR_HD void for_each_bin_sample(const RoiGeometry<T>& g, int64_t bin_y, int6
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// grid_sample over the S x S RoI grid (mode=bilinear, padding_mode=zeros, align_corners=False).
+// grid_sample over the pooled_h x pooled_w RoI grid (mode=bilinear, padding_mode=zeros, align_corners=False).
 // ---------------------------------------------------------------------------------------------------------------
 // The four corners (x0|x1) x (y0|y1) with their weights; a corner off the grid has weight 0 and in_grid false.
 // dw_dx / dw_dy are the weights' derivatives with respect to the normalised point coordinates (chain rule through
-// the unnormalisation, d ix / d x = S / 2), for the point gradient.
+// the unnormalisation, d ix / d x = width / 2, d iy / d y = height / 2), for the point gradient.
 template <typename T>
 struct GridTaps {
   int64_t x0, y0;      // x1 = x0 + 1, y1 = y0 + 1
@@ -186,15 +189,16 @@ struct GridTaps {
   T dwx[2], dwy[2];    // their derivatives w.r.t. the normalised x / y
 };
 
-// Returns false when no corner lies on the grid (including NaN/Inf points, which contribute nothing).
+// (px, py) normalised over a grid of `width` columns and `height` rows. Returns false when no corner lies on the
+// grid (including NaN/Inf points, which contribute nothing).
 template <typename T>
-SAMDETR_HD bool grid_taps(T px, T py, int64_t size, GridTaps<T>* t) {
-  const T s = static_cast<T>(size);
+SAMDETR_HD bool grid_taps(T px, T py, int64_t width, int64_t height, GridTaps<T>* t) {
+  const T sx = static_cast<T>(width), sy = static_cast<T>(height);
   // grid_sampler_unnormalize with align_corners=False
-  const T ix = ((px + T(1)) * s - T(1)) / T(2);
-  const T iy = ((py + T(1)) * s - T(1)) / T(2);
+  const T ix = ((px + T(1)) * sx - T(1)) / T(2);
+  const T iy = ((py + T(1)) * sy - T(1)) / T(2);
   // Outside (-2, size + 1) no corner can be on the grid; this also keeps floor() inside int64 range.
-  if (!(ix > T(-2) && ix < s + T(1) && iy > T(-2) && iy < s + T(1))) return false;
+  if (!(ix > T(-2) && ix < sx + T(1) && iy > T(-2) && iy < sy + T(1))) return false;
   const T fx = SAMDETR_FN(floor)(ix), fy = SAMDETR_FN(floor)(iy);
   t->x0 = static_cast<int64_t>(fx);
   t->y0 = static_cast<int64_t>(fy);
@@ -203,14 +207,13 @@ SAMDETR_HD bool grid_taps(T px, T py, int64_t size, GridTaps<T>* t) {
   t->wx[1] = ax;
   t->wy[0] = T(1) - ay;
   t->wy[1] = ay;
-  const T half = s / T(2);
-  t->dwx[0] = -half;
-  t->dwx[1] = half;
-  t->dwy[0] = -half;
-  t->dwy[1] = half;
+  t->dwx[0] = -sx / T(2);
+  t->dwx[1] = sx / T(2);
+  t->dwy[0] = -sy / T(2);
+  t->dwy[1] = sy / T(2);
   for (int k = 0; k < 2; ++k) {
-    t->in_x[k] = t->x0 + k >= 0 && t->x0 + k < size;
-    t->in_y[k] = t->y0 + k >= 0 && t->y0 + k < size;
+    t->in_x[k] = t->x0 + k >= 0 && t->x0 + k < width;
+    t->in_y[k] = t->y0 + k >= 0 && t->y0 + k < height;
   }
   return (t->in_x[0] || t->in_x[1]) && (t->in_y[0] || t->in_y[1]);
 }

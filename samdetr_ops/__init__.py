@@ -4,7 +4,7 @@ Public ops (each equal, up to float rounding, to the unfused sequence of the sam
 `samdetr_ops.reference`, differentiable, and usable under torch.compile(fullgraph=True)):
 
     roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
-        features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 -> (B, N, C, S, S)
+        features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 -> (B, N, C, S_h, S_w), output_size = S or (S_h, S_w)
     semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0,
                    sampling_ratio=-1, aligned=True)
         + points (B, N, M, 2) in grid_sample coordinates of the RoI grid, weight_logits (B, N, M, C)
@@ -40,26 +40,28 @@ def _autocast_to_float32(*tensors):
 
 def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
     """RoIAlign of B x N boxes: features (B, C, H, W), boxes (B, N, 4) as x1, y1, x2, y2 in input pixels
-    (features are `spatial_scale` times smaller) -> (B, N, C, S, S), S = output_size. Equal to torchvision's
-    roi_align on `list(boxes.unbind(0))`; differentiable in `features` only, like torchvision's."""
+    (features are `spatial_scale` times smaller) -> (B, N, C, S_h, S_w), output_size = S (S x S bins) or
+    (S_h, S_w). Equal to torchvision's roi_align on `list(boxes.unbind(0))`; differentiable in `features` only,
+    like torchvision's."""
     features, boxes = _autocast_to_float32(features, boxes)
-    _checks.roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
+    pooled = _checks.roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
     impl = _backend_resolve("roi_align", features.device)
-    return impl(features, boxes, output_size, float(spatial_scale), sampling_ratio, bool(aligned))
+    return impl(features, boxes, list(pooled), float(spatial_scale), sampling_ratio, bool(aligned))
 
 
 def semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
                    aligned=True):
-    """SAM-DETR's semantics aligner, fused: RoIAlign each box to S x S, sample the C features at its M salient
+    """SAM-DETR's semantics aligner, fused: RoIAlign each box to S_h x S_w (output_size = S or (S_h, S_w)),
+    sample the C features at its M salient
     points (grid_sample, bilinear, zero padding, align_corners=False) and multiply by sigmoid(weight_logits).
 
     features (B, C, H, W) (channels-last is the fast path), boxes (B, N, 4) x1 y1 x2 y2 in input pixels,
     points (B, N, M, 2) normalised (x, y) over the RoI grid, weight_logits (B, N, M, C) -> (B, N, M, C).
     Differentiable in features, points and weight_logits (not boxes)."""
     features, boxes, points, weight_logits = _autocast_to_float32(features, boxes, points, weight_logits)
-    _checks.semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio)
+    pooled = _checks.semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio)
     impl = _backend_resolve("semantic_align", features.device)
-    return impl(features, boxes, points, weight_logits, output_size, float(spatial_scale), sampling_ratio,
+    return impl(features, boxes, points, weight_logits, list(pooled), float(spatial_scale), sampling_ratio,
                 bool(aligned))
 
 

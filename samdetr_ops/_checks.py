@@ -34,8 +34,25 @@ def _check_floating(op, t, name):
         _fail_type(op, f"`{name}` must be a floating-point tensor, got {t.dtype}")
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def pooled_size(op, output_size):
+    """`output_size` as torchvision takes it, an int S (S x S bins) or an (h, w) pair -> the (h, w) tuple."""
+    if _is_int(output_size):
+        size = (output_size, output_size)
+    elif isinstance(output_size, (tuple, list)) and len(output_size) == 2 and all(map(_is_int, output_size)):
+        size = tuple(output_size)
+    else:
+        size = (0, 0)
+    if min(size) < 1:
+        _fail_value(op, f"`output_size` must be an int or an (h, w) pair of ints >= 1, got {output_size!r}")
+    return size
+
+
 def roi_inputs(op, features, boxes, output_size, sampling_ratio):
-    """features (B, C, H, W), boxes (B, N, 4)."""
+    """features (B, C, H, W), boxes (B, N, 4). Returns the pooled size (h, w)."""
     _check_rank_and_last(op, features, "features", 4, None, "(B, C, H, W)")
     _check_floating(op, features, "features")
     _check_rank_and_last(op, boxes, "boxes", 3, 4, "(B, N, 4)")
@@ -43,16 +60,17 @@ def roi_inputs(op, features, boxes, output_size, sampling_ratio):
     if boxes.shape[0] != features.shape[0]:
         _fail_value(op, f"`boxes` must have shape (B, N, 4) with B = {features.shape[0]} as in `features`, "
                         f"got {tuple(boxes.shape)}")
-    if not isinstance(output_size, int) or output_size < 1:
-        _fail_value(op, f"`output_size` must be >= 1, got {output_size}")
+    size = pooled_size(op, output_size)
     if not isinstance(sampling_ratio, int) or sampling_ratio == 0 or sampling_ratio < -1:
         _fail_value(op, f"`sampling_ratio` must be a positive int or -1 (adaptive), got {sampling_ratio}")
+    return size
 
 
 def semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio):
-    """features (B, C, H, W), boxes (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, C)."""
+    """features (B, C, H, W), boxes (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, C). Returns the pooled
+    size (h, w)."""
     op = "semantic_align"
-    roi_inputs(op, features, boxes, output_size, sampling_ratio)
+    size = roi_inputs(op, features, boxes, output_size, sampling_ratio)
     _check_rank_and_last(op, points, "points", 4, 2, "(B, N, M, 2)")
     _check_same_device_dtype(op, features, "features", points, "points")
     _check_rank_and_last(op, weight_logits, "weight_logits", 4, features.shape[1],
@@ -64,6 +82,7 @@ def semantic_align_inputs(features, boxes, points, weight_logits, output_size, s
     if weight_logits.shape[:3] != points.shape[:3]:
         _fail_value(op, f"`weight_logits` must have shape (B, N, M, C) with B, N, M = {tuple(points.shape[:3])} "
                         f"as in `points`, got {tuple(weight_logits.shape)}")
+    return size
 
 
 def pos_embed_inputs(boxes_cxcywh, points, weight_logits):

@@ -41,9 +41,9 @@ if LOADED:
     # ---- roi_align -------------------------------------------------------------------------------------------
     @torch.library.register_fake("samdetr_ops::roi_align")
     def _roi_align_fake(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
-        _checks.roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
+        pooled_h, pooled_w = _checks.roi_inputs("roi_align", features, boxes, output_size, sampling_ratio)
         B, N = boxes.shape[:2]
-        return features.new_empty((B, N, features.shape[1], output_size, output_size))
+        return features.new_empty((B, N, features.shape[1], pooled_h, pooled_w))
 
     @torch.library.register_fake("samdetr_ops::roi_align_backward")
     def _roi_align_backward_fake(grad_output, boxes, feature_shape, output_size, spatial_scale, sampling_ratio,

@@ -2,7 +2,8 @@
 
 Each function here is what the corresponding fused op must equal up to float rounding. They are also the
 fallback when the compiled extension is missing and the baseline of every test and benchmark. Shapes:
-B images, N queries (boxes) per image, M salient points per query, C (or D) channels, S = output_size.
+B images, N queries (boxes) per image, M salient points per query, C (or D) channels, S_h x S_w = output_size
+(an int S means S x S, as in torchvision).
 """
 import math
 
@@ -12,30 +13,31 @@ import torchvision
 
 
 def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
-    """features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 in input pixels -> (B, N, C, S, S)."""
+    """features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 in input pixels -> (B, N, C, S_h, S_w)."""
     B, N = boxes.shape[:2]
     C, H, W = features.shape[1:]
-    S = output_size
+    S_h, S_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     if B == 0 or H == 0 or W == 0:
         # torchvision takes no empty box list and reads out of bounds on an empty map; the answer is zeros.
         # (+ features.sum(), itself 0 here, keeps the result on the autograd graph.)
-        return features.new_zeros((B, N, C, S, S)) + features.sum()
-    rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), S, spatial_scale, sampling_ratio, aligned)
-    return rois.view(B, N, C, S, S)
+        return features.new_zeros((B, N, C, S_h, S_w)) + features.sum()
+    rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), (S_h, S_w), spatial_scale, sampling_ratio,
+                                     aligned)
+    return rois.view(B, N, C, S_h, S_w)
 
 
 def semantic_align(features, boxes, points, weight_logits, output_size=7, spatial_scale=1.0, sampling_ratio=-1,
                    aligned=True):
     """SAM-DETR's semantics aligner after the point predictor.
 
-    features (B, C, H, W), boxes (B, N, 4), points (B, N, M, 2) as grid_sample (x, y) in [-1, 1] over the S x S
+    features (B, C, H, W), boxes (B, N, 4), points (B, N, M, 2) as grid_sample (x, y) in [-1, 1] over the S_h x S_w
     RoI grid, weight_logits (B, N, M, C) -> (B, N, M, C): the C features at each salient point, times
     sigmoid(weight_logits).
     """
     B, N, M = points.shape[:3]
     C = features.shape[1]
-    rois = roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)  # (B, N, C, S, S)
-    rois = rois.flatten(0, 1)                                                               # (B*N, C, S, S)
+    rois = roi_align(features, boxes, output_size, spatial_scale, sampling_ratio, aligned)  # (B, N, C, S_h, S_w)
+    rois = rois.flatten(0, 1)                                                               # (B*N, C, S_h, S_w)
     q = F.grid_sample(rois, points.reshape(B * N, 1, M, 2), mode="bilinear", padding_mode="zeros",
                       align_corners=False)                                                  # (B*N, C, 1, M)
     return q.view(B, N, C, M).permute(0, 1, 3, 2) * weight_logits.sigmoid()                # (B, N, M, C)

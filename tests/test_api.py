@@ -43,7 +43,7 @@ BAD = [
     (_roi(boxes=torch.rand(3, 3, 4)), ValueError, r"`boxes` must have shape \(B, N, 4\) with B = 2"),
     (_roi(boxes=torch.rand(2, 3, 4, dtype=f64)), TypeError, r"`boxes` must have the same dtype as `features`"),
     (_roi(features=torch.randint(0, 5, (2, 4, 6, 7))), TypeError, r"`features` must be a floating-point tensor"),
-    (_roi(output_size=0), ValueError, r"`output_size` must be >= 1, got 0"),
+    (_roi(output_size=0), ValueError, r"`output_size` must be an int or an \(h, w\) pair of ints >= 1, got 0"),
     (_roi(sampling_ratio=0), ValueError, r"`sampling_ratio` must be a positive int or -1"),
     (_roi(boxes=[[0, 0, 1, 1]]), TypeError, r"`boxes` must be a torch.Tensor"),
     (_roi(features=[[0.0]]), TypeError, r"`features` must be a torch.Tensor"),

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 
+#include "../checks.h"
 #include "../samdetr_math.h"
 
 namespace samdetr {
@@ -74,10 +75,10 @@ inline void bin_scatter(const RoiGeometry<T>& g, int64_t bin_y, int64_t bin_x, T
 }
 
 template <typename T>
-inline RoiGeometry<T> box_geometry(const T* box, double spatial_scale, int64_t output_size, int64_t sampling_ratio,
+inline RoiGeometry<T> box_geometry(const T* box, double spatial_scale, PooledSize pooled, int64_t sampling_ratio,
                                    bool aligned) {
-  return roi_geometry<T>(box[0], box[1], box[2], box[3], static_cast<T>(spatial_scale), output_size, sampling_ratio,
-                         aligned);
+  return roi_geometry<T>(box[0], box[1], box[2], box[3], static_cast<T>(spatial_scale), pooled.h, pooled.w,
+                         sampling_ratio, aligned);
 }
 
 }  // namespace cpu

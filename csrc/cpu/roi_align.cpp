@@ -13,14 +13,14 @@ namespace samdetr {
 namespace cpu {
 namespace {
 
-// features (B, C, H, W), any strides; boxes (B, N, 4) x1 y1 x2 y2 -> (B, N, C, S, S).
-at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes, int64_t output_size,
+// features (B, C, H, W), any strides; boxes (B, N, 4) x1 y1 x2 y2 -> (B, N, C, S_h, S_w).
+at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes, at::IntArrayRef output_size,
                              double spatial_scale, int64_t sampling_ratio, bool aligned) {
-  check_roi_inputs("roi_align", features, boxes, output_size, sampling_ratio);
+  const PooledSize pooled = check_roi_inputs("roi_align", features, boxes, output_size, sampling_ratio);
   check_cpu_dtype("roi_align", features, "features");
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
-  const int64_t N = boxes.size(1), S = output_size;
-  at::Tensor out = at::zeros({B, N, C, S, S}, features.options());
+  const int64_t N = boxes.size(1), SW = pooled.w, bins_per_roi = pooled.h * pooled.w;
+  at::Tensor out = at::zeros({B, N, C, pooled.h, pooled.w}, features.options());
   if (out.numel() == 0 || H == 0 || W == 0) return out;
   // No copy when features already are channels-last, e.g. a (B, H*W, C) token tensor viewed as (B, C, H, W).
   const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
@@ -30,33 +30,37 @@ at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> bins(S * S * C);  // (S*S, C): one RoI, channels innermost as the features are
+      std::vector<scalar_t> bins(bins_per_roi * C);  // (S_h*S_w, C): one RoI, channels innermost as the features
       for (int64_t roi = begin; roi < end; ++roi) {
         const int64_t b = roi / N;
-        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, S, sampling_ratio, aligned);
+        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
         const scalar_t* feat_b = feat_ptr + b * H * W * C;
-        for (int64_t bin = 0; bin < S * S; ++bin)
-          bin_average(g, bin / S, bin % S, feat_b, H, W, C, 0, C, bins.data() + bin * C);
-        // transpose into the (C, S, S) output of this RoI, writing contiguously
-        scalar_t* o = out_ptr + roi * C * S * S;
+        for (int64_t bin = 0; bin < bins_per_roi; ++bin)
+          bin_average(g, bin / SW, bin % SW, feat_b, H, W, C, 0, C, bins.data() + bin * C);
+        // transpose into the (C, S_h, S_w) output of this RoI, writing contiguously
+        scalar_t* o = out_ptr + roi * C * bins_per_roi;
         for (int64_t c = 0; c < C; ++c)
-          for (int64_t bin = 0; bin < S * S; ++bin) o[c * S * S + bin] = bins[bin * C + c];
+          for (int64_t bin = 0; bin < bins_per_roi; ++bin) o[c * bins_per_roi + bin] = bins[bin * C + c];
       }
     });
   });
   return out;
 }
 
-// grad_output (B, N, C, S, S) -> grad_features (B, C, H, W), channels-last.
+// grad_output (B, N, C, S_h, S_w) -> grad_features (B, C, H, W), channels-last.
 at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& boxes, c10::SymIntArrayRef feature_shape,
-                              int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned) {
-  const at::IntArrayRef shape = check_roi_align_backward_inputs(grad_output, boxes, feature_shape, output_size);
-  const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], S = output_size, N = boxes.size(1);
+                              at::IntArrayRef output_size, double spatial_scale, int64_t sampling_ratio,
+                              bool aligned) {
+  PooledSize pooled;
+  const at::IntArrayRef shape =
+      check_roi_align_backward_inputs(grad_output, boxes, feature_shape, output_size, &pooled);
+  const int64_t B = shape[0], C = shape[1], H = shape[2], W = shape[3], N = boxes.size(1);
+  const int64_t SW = pooled.w, bins_per_roi = pooled.h * pooled.w;
   check_cpu_dtype("roi_align_backward", grad_output, "grad_output");
   at::Tensor grad_features =
       zeros_channels_last({B, C, H, W}, grad_output.options());
   if (grad_features.numel() == 0 || N == 0) return grad_features;
-  // (B, N, S, S, C): each bin's channel vector contiguous, as the scatter walks channels.
+  // (B, N, S_h, S_w, C): each bin's channel vector contiguous, as the scatter walks channels.
   const at::Tensor grad_t = grad_output.permute({0, 1, 3, 4, 2}).contiguous();
   const at::Tensor box = boxes.contiguous();
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
@@ -71,12 +75,12 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& b
         const int64_t c0 = (task % blocks) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
         scalar_t* gfeat_b = gfeat_ptr + b * H * W * C;
         for (int64_t n = 0; n < N; ++n) {
-          const auto g = box_geometry(box_ptr + (b * N + n) * 4, spatial_scale, S, sampling_ratio, aligned);
+          const auto g = box_geometry(box_ptr + (b * N + n) * 4, spatial_scale, pooled, sampling_ratio, aligned);
           if (g.grid_h == 0 || g.grid_w == 0) continue;
-          for (int64_t bin = 0; bin < S * S; ++bin) {
-            const scalar_t* src = grad_ptr + ((b * N + n) * S * S + bin) * C + c0;
+          for (int64_t bin = 0; bin < bins_per_roi; ++bin) {
+            const scalar_t* src = grad_ptr + ((b * N + n) * bins_per_roi + bin) * C + c0;
             for (int64_t c = 0; c < c1 - c0; ++c) grad_bin[c] = src[c] * g.inv_count;
-            bin_scatter(g, bin / S, bin % S, gfeat_b, H, W, C, c0, c1, grad_bin.data());
+            bin_scatter(g, bin / SW, bin % SW, gfeat_b, H, W, C, c0, c1, grad_bin.data());
           }
         }
       }

@@ -17,37 +17,43 @@ namespace samdetr {
 namespace cpu {
 namespace {
 
-// The grid taps of a RoI's M points and the set of its S x S bins they touch.
+// The grid taps of a RoI's M points and the set of its S_h x S_w bins they touch.
 template <typename T>
 struct PointTaps {
+  PooledSize grid;
   std::vector<GridTaps<T>> taps;  // (M,)
   std::vector<uint8_t> valid;     // (M,) point touches the grid at all
-  std::vector<uint8_t> touched;   // (S*S,) bin read by some point
+  std::vector<uint8_t> touched;   // (S_h*S_w,) bin read by some point
 
-  PointTaps(int64_t points, int64_t size) : taps(points), valid(points), touched(size * size) {}
+  PointTaps(int64_t points, PooledSize pooled)
+      : grid(pooled), taps(points), valid(points), touched(pooled.h * pooled.w) {}
+
+  // Row-major index of corner (kx, ky) of point tap t.
+  int64_t bin(const GridTaps<T>& t, int kx, int ky) const { return (t.y0 + ky) * grid.w + t.x0 + kx; }
 
   // points: (M, 2) normalised (x, y) of one RoI.
-  void compute(const T* points, int64_t size) {
+  void compute(const T* points) {
     std::fill(touched.begin(), touched.end(), 0);
     for (size_t m = 0; m < taps.size(); ++m) {
       GridTaps<T>& t = taps[m];
-      valid[m] = grid_taps(points[2 * m], points[2 * m + 1], size, &t);
+      valid[m] = grid_taps(points[2 * m], points[2 * m + 1], grid.w, grid.h, &t);
       if (!valid[m]) continue;
       for (int ky = 0; ky < 2; ++ky)
         for (int kx = 0; kx < 2; ++kx)
-          if (t.in_y[ky] && t.in_x[kx]) touched[(t.y0 + ky) * size + t.x0 + kx] = 1;
+          if (t.in_y[ky] && t.in_x[kx]) touched[bin(t, kx, ky)] = 1;
     }
   }
 };
 
 // features (B, C, H, W); boxes (B, N, 4); points (B, N, M, 2); weight_logits (B, N, M, C) -> (B, N, M, C).
 at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
-                                  const at::Tensor& weight_logits, int64_t output_size, double spatial_scale,
+                                  const at::Tensor& weight_logits, at::IntArrayRef output_size, double spatial_scale,
                                   int64_t sampling_ratio, bool aligned) {
-  check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
+  const PooledSize pooled =
+      check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
   check_cpu_dtype("semantic_align", features, "features");
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
-  const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
+  const int64_t N = boxes.size(1), M = points.size(2), SW = pooled.w, bins_per_roi = pooled.h * pooled.w;
   at::Tensor out = at::zeros({B, N, M, C}, features.options());
   if (out.numel() == 0 || H == 0 || W == 0) return out;
   const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
@@ -59,16 +65,16 @@ at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& 
     const scalar_t* logit_ptr = logits.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
-      PointTaps<scalar_t> pt(M, S);
-      std::vector<scalar_t> bins(S * S * C);  // (S*S, C): RoI features, touched bins only
-      std::vector<scalar_t> q(C);             // one sampled point, before reweighting
+      PointTaps<scalar_t> pt(M, pooled);
+      std::vector<scalar_t> bins(bins_per_roi * C);  // (S_h*S_w, C): RoI features, touched bins only
+      std::vector<scalar_t> q(C);                    // one sampled point, before reweighting
       for (int64_t roi = begin; roi < end; ++roi) {
         const int64_t b = roi / N;
-        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, S, sampling_ratio, aligned);
-        pt.compute(pts_ptr + roi * M * 2, S);
+        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
+        pt.compute(pts_ptr + roi * M * 2);
         const scalar_t* feat_b = feat_ptr + b * H * W * C;
-        for (int64_t bin = 0; bin < S * S; ++bin)
-          if (pt.touched[bin]) bin_average(g, bin / S, bin % S, feat_b, H, W, C, 0, C, bins.data() + bin * C);
+        for (int64_t bin = 0; bin < bins_per_roi; ++bin)
+          if (pt.touched[bin]) bin_average(g, bin / SW, bin % SW, feat_b, H, W, C, 0, C, bins.data() + bin * C);
         for (int64_t m = 0; m < M; ++m) {
           if (!pt.valid[m]) continue;  // output stays 0, as grid_sample's zero padding gives
           const GridTaps<scalar_t>& t = pt.taps[m];
@@ -77,7 +83,7 @@ at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& 
             for (int kx = 0; kx < 2; ++kx) {
               if (!(t.in_y[ky] && t.in_x[kx])) continue;
               const scalar_t w = t.wy[ky] * t.wx[kx];
-              const scalar_t* v = bins.data() + ((t.y0 + ky) * S + t.x0 + kx) * C;
+              const scalar_t* v = bins.data() + pt.bin(t, kx, ky) * C;
               for (int64_t c = 0; c < C; ++c) q[c] += w * v[c];
             }
           }
@@ -93,13 +99,14 @@ at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& 
 // Returns (grad_features channels-last (B, C, H, W), grad_points (B, N, M, 2), grad_weight_logits (B, N, M, C)).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
     const at::Tensor& grad_output, const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
-    const at::Tensor& weight_logits, int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned,
-    std::array<bool, 3> output_mask) {
-  check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
+    const at::Tensor& weight_logits, at::IntArrayRef output_size, double spatial_scale, int64_t sampling_ratio,
+    bool aligned, std::array<bool, 3> output_mask) {
+  const PooledSize pooled =
+      check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
   check_cpu_dtype("semantic_align_backward", features, "features");
   check_grad_output("semantic_align_backward", grad_output, weight_logits, features, "features");
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
-  const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
+  const int64_t N = boxes.size(1), M = points.size(2), SW = pooled.w, bins_per_roi = pooled.h * pooled.w;
   const bool need_feat = output_mask[0], need_points = output_mask[1], need_logits = output_mask[2];
   at::Tensor grad_features =
       zeros_channels_last({B, C, H, W}, features.options());
@@ -124,9 +131,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
     scalar_t* gpoint_ptr = point_partials.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
       constexpr int64_t CB = kChannelBlock;
-      PointTaps<scalar_t> pt(M, S);
-      std::vector<scalar_t> bins(S * S * CB);       // (S*S, CB) RoI features of touched bins
-      std::vector<scalar_t> grad_bins(S * S * CB);  // (S*S, CB) their gradient
+      PointTaps<scalar_t> pt(M, pooled);
+      std::vector<scalar_t> bins(bins_per_roi * CB);       // (S_h*S_w, CB) RoI features of touched bins
+      std::vector<scalar_t> grad_bins(bins_per_roi * CB);  // (S_h*S_w, CB) their gradient
       // Per point and channel: sigmoid, d out / d q, q, d q / d x, d q / d y.
       std::vector<scalar_t> sig(CB), gq(CB), q(CB), dq_dx(CB), dq_dy(CB);
       for (int64_t task = begin; task < end; ++task) {
@@ -136,12 +143,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
         scalar_t* gfeat_b = gfeat_ptr + b * H * W * C;
         for (int64_t n = 0; n < N; ++n) {
           const int64_t roi = b * N + n;
-          const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, S, sampling_ratio, aligned);
-          pt.compute(pts_ptr + roi * M * 2, S);
-          for (int64_t bin = 0; bin < S * S; ++bin) {
+          const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
+          pt.compute(pts_ptr + roi * M * 2);
+          for (int64_t bin = 0; bin < bins_per_roi; ++bin) {
             if (!pt.touched[bin]) continue;
             if (need_points || need_logits)
-              bin_average(g, bin / S, bin % S, feat_b, H, W, C, c0, c1, bins.data() + bin * CB);
+              bin_average(g, bin / SW, bin % SW, feat_b, H, W, C, c0, c1, bins.data() + bin * CB);
             if (need_feat) std::fill_n(grad_bins.data() + bin * CB, nc, scalar_t(0));
           }
           for (int64_t m = 0; m < M; ++m) {
@@ -156,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
             for (int ky = 0; ky < 2; ++ky) {
               for (int kx = 0; kx < 2; ++kx) {
                 if (!(t.in_y[ky] && t.in_x[kx])) continue;
-                const int64_t bin = (t.y0 + ky) * S + t.x0 + kx;
+                const int64_t bin = pt.bin(t, kx, ky);
                 const scalar_t w = t.wy[ky] * t.wx[kx];
                 if (need_points || need_logits) {
                   const scalar_t w_dx = t.wy[ky] * t.dwx[kx], w_dy = t.dwy[ky] * t.wx[kx];
@@ -188,11 +195,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
             }
           }
           if (need_feat && g.grid_h > 0 && g.grid_w > 0) {
-            for (int64_t bin = 0; bin < S * S; ++bin) {
+            for (int64_t bin = 0; bin < bins_per_roi; ++bin) {
               if (!pt.touched[bin]) continue;
               scalar_t* gb = grad_bins.data() + bin * CB;
               for (int64_t c = 0; c < nc; ++c) gb[c] *= g.inv_count;
-              bin_scatter(g, bin / S, bin % S, gfeat_b, H, W, C, c0, c1, gb);
+              bin_scatter(g, bin / SW, bin % SW, gfeat_b, H, W, C, c0, c1, gb);
             }
           }
         }

@@ -17,7 +17,7 @@ semantic_align_forward_kernel(const scalar_t* __restrict__ features,  // (B, H, 
                               const scalar_t* __restrict__ points,    // (B, N, M, 2)
                               const scalar_t* __restrict__ logits,    // (B, N, M, C)
                               scalar_t* __restrict__ out,             // (B, N, M, C)
-                              int64_t N, int64_t M, int64_t C, int64_t H, int64_t W, int64_t S,
+                              int64_t N, int64_t M, int64_t C, int64_t H, int64_t W, PooledSize pooled,
                               at::opmath_type<scalar_t> scale, int64_t sampling_ratio, bool aligned, int lanes,
                               int items_per_block, int64_t items) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -26,9 +26,10 @@ semantic_align_forward_kernel(const scalar_t* __restrict__ features,  // (B, H, 
   const int lane = threadIdx.x % lanes;
   const int64_t roi = item / M, b = roi / N;
   const scalar_t* box = boxes + roi * 4;
-  const RoiGeometry<acc_t> g = roi_geometry<acc_t>(box[0], box[1], box[2], box[3], scale, S, sampling_ratio, aligned);
+  const RoiGeometry<acc_t> g =
+      roi_geometry<acc_t>(box[0], box[1], box[2], box[3], scale, pooled.h, pooled.w, sampling_ratio, aligned);
   GridTaps<acc_t> t;
-  const bool on_grid = grid_taps<acc_t>(points[2 * item], points[2 * item + 1], S, &t);
+  const bool on_grid = grid_taps<acc_t>(points[2 * item], points[2 * item + 1], pooled.w, pooled.h, &t);
   const scalar_t* feat = features + b * H * W * C;
   for (int64_t c = static_cast<int64_t>(lane) * VEC; c < C; c += static_cast<int64_t>(lanes) * VEC) {
     acc_t q[VEC] = {};
@@ -61,7 +62,7 @@ semantic_align_backward_kernel(const scalar_t* __restrict__ grad,      // (B, N,
                                at::opmath_type<scalar_t>* __restrict__ grad_features,  // (B, H, W, C)
                                scalar_t* __restrict__ grad_points,     // (B, N, M, 2)
                                scalar_t* __restrict__ grad_logits,     // (B, N, M, C)
-                               int64_t N, int64_t M, int64_t C, int64_t H, int64_t W, int64_t S,
+                               int64_t N, int64_t M, int64_t C, int64_t H, int64_t W, PooledSize pooled,
                                at::opmath_type<scalar_t> scale, int64_t sampling_ratio, bool aligned,
                                bool need_features, bool need_points, bool need_logits, int lanes,
                                int items_per_block, int64_t items) {
@@ -75,9 +76,9 @@ semantic_align_backward_kernel(const scalar_t* __restrict__ grad,      // (B, N,
     const int64_t roi = item / M, b = roi / N;
     const scalar_t* box = boxes + roi * 4;
     const RoiGeometry<acc_t> g =
-        roi_geometry<acc_t>(box[0], box[1], box[2], box[3], scale, S, sampling_ratio, aligned);
+        roi_geometry<acc_t>(box[0], box[1], box[2], box[3], scale, pooled.h, pooled.w, sampling_ratio, aligned);
     GridTaps<acc_t> t;
-    const bool on_grid = grid_taps<acc_t>(points[2 * item], points[2 * item + 1], S, &t);
+    const bool on_grid = grid_taps<acc_t>(points[2 * item], points[2 * item + 1], pooled.w, pooled.h, &t);
     const bool need_values = need_points || need_logits;
     const scalar_t* feat = features + b * H * W * C;
     acc_t* gfeat = grad_features + b * H * W * C;
@@ -152,12 +153,13 @@ semantic_align_backward_kernel(const scalar_t* __restrict__ grad,      // (B, N,
 }
 
 at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
-                                  const at::Tensor& weight_logits, int64_t output_size, double spatial_scale,
+                                  const at::Tensor& weight_logits, at::IntArrayRef output_size, double spatial_scale,
                                   int64_t sampling_ratio, bool aligned) {
-  check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
+  const PooledSize pooled =
+      check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
-  const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
+  const int64_t N = boxes.size(1), M = points.size(2);
   if (B * N * M * C == 0 || H == 0 || W == 0) return at::zeros({B, N, M, C}, features.options());
   at::Tensor out = at::empty({B, N, M, C}, features.options());
   const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
@@ -172,7 +174,7 @@ at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& 
       const ItemTiling tiling = item_tiling(items, C / VEC);
       semantic_align_forward_kernel<scalar_t, VEC><<<tiling.blocks, kThreads, 0, stream>>>(
           feat.const_data_ptr<scalar_t>(), box.const_data_ptr<scalar_t>(), pts.const_data_ptr<scalar_t>(),
-          logits.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, M, C, H, W, S,
+          logits.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), N, M, C, H, W, pooled,
           static_cast<at::opmath_type<scalar_t>>(spatial_scale), sampling_ratio, aligned, tiling.lanes,
           tiling.items_per_block, items);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -183,13 +185,14 @@ at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& 
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
     const at::Tensor& grad_output, const at::Tensor& features, const at::Tensor& boxes, const at::Tensor& points,
-    const at::Tensor& weight_logits, int64_t output_size, double spatial_scale, int64_t sampling_ratio, bool aligned,
-    std::array<bool, 3> output_mask) {
-  check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
+    const at::Tensor& weight_logits, at::IntArrayRef output_size, double spatial_scale, int64_t sampling_ratio,
+    bool aligned, std::array<bool, 3> output_mask) {
+  const PooledSize pooled =
+      check_semantic_align_inputs(features, boxes, points, weight_logits, output_size, sampling_ratio);
   check_grad_output("semantic_align_backward", grad_output, weight_logits, features, "features");
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
-  const int64_t N = boxes.size(1), M = points.size(2), S = output_size;
+  const int64_t N = boxes.size(1), M = points.size(2);
   const bool need_feat = output_mask[0], need_points = output_mask[1], need_logits = output_mask[2];
   FeatureGradAccumulator acc(B, C, H, W, features.options());
   at::Tensor grad_points = at::zeros({B, N, M, 2}, points.options());
@@ -214,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
       semantic_align_backward_kernel<scalar_t, VEC><<<tiling.blocks, kThreads, 0, stream>>>(
           grad.const_data_ptr<scalar_t>(), feat.const_data_ptr<scalar_t>(), box.const_data_ptr<scalar_t>(),
           pts.const_data_ptr<scalar_t>(), logits.const_data_ptr<scalar_t>(), acc.accum.mutable_data_ptr<acc_t>(),
-          grad_points.mutable_data_ptr<scalar_t>(), grad_logits.mutable_data_ptr<scalar_t>(), N, M, C, H, W, S,
+          grad_points.mutable_data_ptr<scalar_t>(), grad_logits.mutable_data_ptr<scalar_t>(), N, M, C, H, W, pooled,
           static_cast<acc_t>(spatial_scale), sampling_ratio, aligned, need_feat, need_points, need_logits,
           tiling.lanes, tiling.items_per_block, items);
       C10_CUDA_KERNEL_LAUNCH_CHECK();

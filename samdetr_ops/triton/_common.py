@@ -21,9 +21,9 @@ def _is_finite(x):
 
 
 @triton.jit
-def roi_geometry(box_ptr, scale, S, sampling_ratio, aligned, ACC: tl.constexpr):
-    """(start_y, start_x, bin_h, bin_w, grid_h, grid_w, inv_count) of the box at box_ptr (x1, y1, x2, y2),
-    computed in ACC (float32, or float64 for float64 inputs)."""
+def roi_geometry(box_ptr, scale, SH, SW, sampling_ratio, aligned, ACC: tl.constexpr):
+    """(start_y, start_x, bin_h, bin_w, grid_h, grid_w, inv_count) of the box at box_ptr (x1, y1, x2, y2) pooled
+    to SH x SW bins, computed in ACC (float32, or float64 for float64 inputs)."""
     x1 = tl.load(box_ptr + 0).to(ACC)
     y1 = tl.load(box_ptr + 1).to(ACC)
     x2 = tl.load(box_ptr + 2).to(ACC)
@@ -33,15 +33,16 @@ def roi_geometry(box_ptr, scale, S, sampling_ratio, aligned, ACC: tl.constexpr):
     start_y = y1 * scale - offset
     roi_w = x2 * scale - offset - start_x
     roi_h = y2 * scale - offset - start_y
+    # tested before the legacy clamp below, which would turn a NaN extent into 1
+    finite = _is_finite(start_x) & _is_finite(start_y) & _is_finite(roi_w) & _is_finite(roi_h)
     roi_w = tl.where(aligned, roi_w, tl.maximum(roi_w, 1.0))
     roi_h = tl.where(aligned, roi_h, tl.maximum(roi_h, 1.0))
-    bin_h = roi_h / S
-    bin_w = roi_w / S
-    adaptive_h = tl.minimum(tl.where(tl.ceil(roi_h / S) > 0, tl.ceil(roi_h / S), 0.0), MAX_SAMPLES_PER_AXIS)
-    adaptive_w = tl.minimum(tl.where(tl.ceil(roi_w / S) > 0, tl.ceil(roi_w / S), 0.0), MAX_SAMPLES_PER_AXIS)
+    bin_h = roi_h / SH
+    bin_w = roi_w / SW
+    adaptive_h = tl.minimum(tl.where(tl.ceil(roi_h / SH) > 0, tl.ceil(roi_h / SH), 0.0), MAX_SAMPLES_PER_AXIS)
+    adaptive_w = tl.minimum(tl.where(tl.ceil(roi_w / SW) > 0, tl.ceil(roi_w / SW), 0.0), MAX_SAMPLES_PER_AXIS)
     grid_h = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_h.to(tl.int32))
     grid_w = tl.where(sampling_ratio > 0, sampling_ratio, adaptive_w.to(tl.int32))
-    finite = _is_finite(start_x) & _is_finite(start_y) & _is_finite(roi_w) & _is_finite(roi_h)
     grid_h = tl.where(finite, grid_h, 0)
     grid_w = tl.where(finite, grid_w, 0)
     inv_count = 1.0 / tl.maximum(grid_h.to(tl.int64) * grid_w.to(tl.int64), 1).to(ACC)
@@ -125,13 +126,13 @@ def bin_scatter(grad_ptr, stride_h, stride_w, c_offsets, c_mask, start_y, start_
 
 
 @triton.jit
-def grid_corner(px, py, S, kx: tl.constexpr, ky: tl.constexpr):
-    """Corner (x0 + kx, y0 + ky) of grid_sample's bilinear taps over the S x S grid (align_corners=False, zero
+def grid_corner(px, py, SH, SW, kx: tl.constexpr, ky: tl.constexpr):
+    """Corner (x0 + kx, y0 + ky) of grid_sample's bilinear taps over the SH x SW grid (align_corners=False, zero
     padding): (bin_x, bin_y clamped into the grid, weight (0 off the grid or for NaN points), d weight / d px,
     d weight / d py)."""
-    ix = ((px + 1.0) * S - 1.0) / 2.0
-    iy = ((py + 1.0) * S - 1.0) / 2.0
-    near = (ix > -2.0) & (ix < S + 1.0) & (iy > -2.0) & (iy < S + 1.0)
+    ix = ((px + 1.0) * SW - 1.0) / 2.0
+    iy = ((py + 1.0) * SH - 1.0) / 2.0
+    near = (ix > -2.0) & (ix < SW + 1.0) & (iy > -2.0) & (iy < SH + 1.0)
     ix = tl.where(near, ix, 0.0)
     iy = tl.where(near, iy, 0.0)
     fx = tl.floor(ix)
@@ -140,11 +141,11 @@ def grid_corner(px, py, S, kx: tl.constexpr, ky: tl.constexpr):
     ay = iy - fy
     bx = fx.to(tl.int32) + kx
     by = fy.to(tl.int32) + ky
-    inside = near & (bx >= 0) & (bx < S) & (by >= 0) & (by < S)
+    inside = near & (bx >= 0) & (bx < SW) & (by >= 0) & (by < SH)
     wx = ax if kx == 1 else 1.0 - ax
     wy = ay if ky == 1 else 1.0 - ay
-    dwx = S / 2.0 if kx == 1 else -S / 2.0
-    dwy = S / 2.0 if ky == 1 else -S / 2.0
+    dwx = SW / 2.0 if kx == 1 else -SW / 2.0
+    dwy = SH / 2.0 if ky == 1 else -SH / 2.0
     zero = tl.zeros_like(wx)
-    return (tl.minimum(tl.maximum(bx, 0), S - 1), tl.minimum(tl.maximum(by, 0), S - 1),
+    return (tl.minimum(tl.maximum(bx, 0), SW - 1), tl.minimum(tl.maximum(by, 0), SH - 1),
             tl.where(inside, wx * wy, zero), tl.where(inside, dwx * wy, zero), tl.where(inside, wx * dwy, zero))

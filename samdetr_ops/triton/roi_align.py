@@ -16,68 +16,70 @@ def acc_dtype(dtype):
 @triton.autotune(configs=autotune_configs(2, 4, 8), key=["C"])
 @triton.jit
 def _roi_align_forward_kernel(feat_ptr, box_ptr, out_ptr, N, C, H, W, sf_b, sf_c, sf_h, sf_w, scale, sampling_ratio,
-                              aligned, S: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                              aligned, SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr,
+                              ACC: tl.constexpr):
     # program = (roi, bin); features read through their strides (channels-last: contiguous channel vectors)
     pid = tl.program_id(0)
-    roi = pid // (S * S)
-    bin_index = pid % (S * S)
+    roi = pid // (SH * SW)
+    bin_index = pid % (SH * SW)
     b = roi // N
     start_y, start_x, bin_h, bin_w, grid_h, grid_w, inv_count = roi_geometry(
-        box_ptr + roi * 4, scale, S, sampling_ratio, aligned, ACC)
+        box_ptr + roi * 4, scale, SH, SW, sampling_ratio, aligned, ACC)
     c = tl.arange(0, BLOCK_C)
     mask = c < C
     acc = tl.zeros([BLOCK_C], dtype=ACC)
     acc = bin_sum(feat_ptr + b * sf_b, sf_h, sf_w, c * sf_c, mask, start_y, start_x, bin_h, bin_w, grid_h, grid_w,
-                  bin_index // S, bin_index % S, H, W, acc)
-    # out (B, N, C, S, S) contiguous
-    tl.store(out_ptr + roi * C * S * S + c * S * S + bin_index, (acc * inv_count).to(out_ptr.dtype.element_ty),
+                  bin_index // SW, bin_index % SW, H, W, acc)
+    # out (B, N, C, SH, SW) contiguous
+    tl.store(out_ptr + roi * C * SH * SW + c * SH * SW + bin_index, (acc * inv_count).to(out_ptr.dtype.element_ty),
              mask=mask)
 
 
 @triton.autotune(configs=autotune_configs(2, 4, 8), key=["C"])
 @triton.jit
 def _roi_align_backward_kernel(grad_ptr, box_ptr, gfeat_ptr, N, C, H, W, scale, sampling_ratio, aligned,
-                               S: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                               SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     # program = (roi, bin); gfeat is a (B, H, W, C) accumulator in ACC
     pid = tl.program_id(0)
-    roi = pid // (S * S)
-    bin_index = pid % (S * S)
+    roi = pid // (SH * SW)
+    bin_index = pid % (SH * SW)
     b = roi // N
     start_y, start_x, bin_h, bin_w, grid_h, grid_w, inv_count = roi_geometry(
-        box_ptr + roi * 4, scale, S, sampling_ratio, aligned, ACC)
+        box_ptr + roi * 4, scale, SH, SW, sampling_ratio, aligned, ACC)
     c = tl.arange(0, BLOCK_C)
     mask = c < C
-    g = tl.load(grad_ptr + roi * C * S * S + c * S * S + bin_index, mask=mask, other=0.0).to(ACC) * inv_count
+    g = tl.load(grad_ptr + roi * C * SH * SW + c * SH * SW + bin_index, mask=mask, other=0.0).to(ACC) * inv_count
     bin_scatter(gfeat_ptr + b * H * W * C, W * C, C, c, mask, start_y, start_x, bin_h, bin_w, grid_h, grid_w,
-                bin_index // S, bin_index % S, H, W, g)
+                bin_index // SW, bin_index % SW, H, W, g)
 
 
 @triton_op("samdetr_ops_triton::roi_align", mutates_args=())
-def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: int, spatial_scale: float,
+def roi_align(features: torch.Tensor, boxes: torch.Tensor, output_size: list[int], spatial_scale: float,
               sampling_ratio: int, aligned: bool) -> torch.Tensor:
     B, C, H, W = features.shape
-    N, S = boxes.shape[1], output_size
-    out = features.new_zeros((B, N, C, S, S))
+    N, (SH, SW) = boxes.shape[1], output_size
+    out = features.new_zeros((B, N, C, SH, SW))
     if B * N * C == 0 or H == 0 or W == 0:
         return out
     boxes = boxes.contiguous()
-    wrap_triton(_roi_align_forward_kernel)[(B * N * S * S,)](
-        features, boxes, out, N, C, H, W, *features.stride(), spatial_scale, sampling_ratio, aligned, S=S,
+    wrap_triton(_roi_align_forward_kernel)[(B * N * SH * SW,)](
+        features, boxes, out, N, C, H, W, *features.stride(), spatial_scale, sampling_ratio, aligned, SH=SH, SW=SW,
         BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(features.dtype))
     return out
 
 
 @triton_op("samdetr_ops_triton::roi_align_backward", mutates_args=())
-def roi_align_backward(grad_output: torch.Tensor, boxes: torch.Tensor, feature_shape: list[int], output_size: int,
-                       spatial_scale: float, sampling_ratio: int, aligned: bool) -> torch.Tensor:
+def roi_align_backward(grad_output: torch.Tensor, boxes: torch.Tensor, feature_shape: list[int],
+                       output_size: list[int], spatial_scale: float, sampling_ratio: int,
+                       aligned: bool) -> torch.Tensor:
     B, C, H, W = feature_shape
-    N, S = boxes.shape[1], output_size
+    N, (SH, SW) = boxes.shape[1], output_size
     accum_dtype = torch.float64 if grad_output.dtype == torch.float64 else torch.float32
     accum = grad_output.new_zeros((B, H, W, C), dtype=accum_dtype)
     if B * N * C * H * W > 0:
-        wrap_triton(_roi_align_backward_kernel)[(B * N * S * S,)](
+        wrap_triton(_roi_align_backward_kernel)[(B * N * SH * SW,)](
             grad_output.contiguous(), boxes.contiguous(), accum, N, C, H, W, spatial_scale, sampling_ratio, aligned,
-            S=S, BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(grad_output.dtype))
+            SH=SH, SW=SW, BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(grad_output.dtype))
     return accum.permute(0, 3, 1, 2).to(grad_output.dtype)  # (B, C, H, W), channels-last
 
 

@@ -24,11 +24,12 @@ def _corner_value(feat_ptr, sf_h, sf_w, c_offsets, mask, geometry, bin_x, bin_y,
 @triton.autotune(configs=autotune_configs(2, 4, 8), key=["C"])
 @triton.jit
 def _forward_kernel(feat_ptr, box_ptr, pts_ptr, logit_ptr, out_ptr, N, M, C, H, W, sf_b, sf_c, sf_h, sf_w, scale,
-                    sampling_ratio, aligned, S: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                    sampling_ratio, aligned, SH: tl.constexpr, SW: tl.constexpr, BLOCK_C: tl.constexpr,
+                    ACC: tl.constexpr):
     item = tl.program_id(0)  # (roi, m)
     roi = item // M
     b = roi // N
-    geometry = roi_geometry(box_ptr + roi * 4, scale, S, sampling_ratio, aligned, ACC)
+    geometry = roi_geometry(box_ptr + roi * 4, scale, SH, SW, sampling_ratio, aligned, ACC)
     px = tl.load(pts_ptr + item * 2).to(ACC)
     py = tl.load(pts_ptr + item * 2 + 1).to(ACC)
     c = tl.arange(0, BLOCK_C)
@@ -37,7 +38,7 @@ def _forward_kernel(feat_ptr, box_ptr, pts_ptr, logit_ptr, out_ptr, N, M, C, H, 
     q = tl.zeros([BLOCK_C], dtype=ACC)
     for ky in tl.static_range(2):
         for kx in tl.static_range(2):
-            bx, by, w, _, _ = grid_corner(px, py, S, kx, ky)
+            bx, by, w, _, _ = grid_corner(px, py, SH, SW, kx, ky)
             if w != 0:
                 q += w * _corner_value(feat, sf_h, sf_w, c * sf_c, mask, geometry, bx, by, H, W, BLOCK_C, ACC)
     logit = tl.load(logit_ptr + item * C + c, mask=mask, other=0.0).to(ACC)
@@ -47,12 +48,12 @@ def _forward_kernel(feat_ptr, box_ptr, pts_ptr, logit_ptr, out_ptr, N, M, C, H, 
 @triton.autotune(configs=autotune_configs(2, 4, 8), key=["C"])
 @triton.jit
 def _backward_kernel(grad_ptr, feat_ptr, box_ptr, pts_ptr, logit_ptr, gfeat_ptr, gpts_ptr, glogit_ptr, N, M, C, H,
-                     W, sf_b, sf_c, sf_h, sf_w, scale, sampling_ratio, aligned, need_features, S: tl.constexpr,
-                     BLOCK_C: tl.constexpr, ACC: tl.constexpr):
+                     W, sf_b, sf_c, sf_h, sf_w, scale, sampling_ratio, aligned, need_features, SH: tl.constexpr,
+                     SW: tl.constexpr, BLOCK_C: tl.constexpr, ACC: tl.constexpr):
     item = tl.program_id(0)  # (roi, m); gfeat is a (B, H, W, C) accumulator in ACC
     roi = item // M
     b = roi // N
-    geometry = roi_geometry(box_ptr + roi * 4, scale, S, sampling_ratio, aligned, ACC)
+    geometry = roi_geometry(box_ptr + roi * 4, scale, SH, SW, sampling_ratio, aligned, ACC)
     start_y, start_x, bin_h, bin_w, grid_h, grid_w, inv_count = geometry
     px = tl.load(pts_ptr + item * 2).to(ACC)
     py = tl.load(pts_ptr + item * 2 + 1).to(ACC)
@@ -67,7 +68,7 @@ def _backward_kernel(grad_ptr, feat_ptr, box_ptr, pts_ptr, logit_ptr, gfeat_ptr,
     dq_dy = tl.zeros([BLOCK_C], dtype=ACC)
     for ky in tl.static_range(2):
         for kx in tl.static_range(2):
-            bx, by, w, w_dx, w_dy = grid_corner(px, py, S, kx, ky)
+            bx, by, w, w_dx, w_dy = grid_corner(px, py, SH, SW, kx, ky)
             if (w_dx != 0) | (w_dy != 0):  # the corner is on the grid (its weight itself may be 0)
                 v = _corner_value(feat, sf_h, sf_w, c * sf_c, mask, geometry, bx, by, H, W, BLOCK_C, ACC)
                 q += w * v
@@ -83,7 +84,7 @@ def _backward_kernel(grad_ptr, feat_ptr, box_ptr, pts_ptr, logit_ptr, gfeat_ptr,
 
 @triton_op("samdetr_ops_triton::semantic_align", mutates_args=())
 def semantic_align(features: torch.Tensor, boxes: torch.Tensor, points: torch.Tensor, weight_logits: torch.Tensor,
-                   output_size: int, spatial_scale: float, sampling_ratio: int, aligned: bool) -> torch.Tensor:
+                   output_size: list[int], spatial_scale: float, sampling_ratio: int, aligned: bool) -> torch.Tensor:
     B, C, H, W = features.shape
     N, M = points.shape[1], points.shape[2]
     out = weight_logits.new_zeros((B, N, M, C))
@@ -91,14 +92,14 @@ def semantic_align(features: torch.Tensor, boxes: torch.Tensor, points: torch.Te
         return out
     wrap_triton(_forward_kernel)[(B * N * M,)](
         features, boxes.contiguous(), points.contiguous(), weight_logits.contiguous(), out, N, M, C, H, W,
-        *features.stride(), spatial_scale, sampling_ratio, aligned, S=output_size,
+        *features.stride(), spatial_scale, sampling_ratio, aligned, SH=output_size[0], SW=output_size[1],
         BLOCK_C=triton.next_power_of_2(int(C)), ACC=acc_dtype(features.dtype))
     return out
 
 
 @triton_op("samdetr_ops_triton::semantic_align_backward", mutates_args=())
 def semantic_align_backward(grad_output: torch.Tensor, features: torch.Tensor, boxes: torch.Tensor,
-                            points: torch.Tensor, weight_logits: torch.Tensor, output_size: int,
+                            points: torch.Tensor, weight_logits: torch.Tensor, output_size: list[int],
                             spatial_scale: float, sampling_ratio: int, aligned: bool,
                             output_mask: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, C, H, W = features.shape
@@ -110,7 +111,8 @@ def semantic_align_backward(grad_output: torch.Tensor, features: torch.Tensor, b
         wrap_triton(_backward_kernel)[(B * N * M,)](
             grad_output.contiguous(), features, boxes.contiguous(), points.contiguous(), weight_logits.contiguous(),
             accum, grad_points, grad_logits, N, M, C, H, W, *features.stride(), spatial_scale, sampling_ratio,
-            aligned, output_mask[0], S=output_size, BLOCK_C=triton.next_power_of_2(int(C)),
+            aligned, output_mask[0], SH=output_size[0], SW=output_size[1],
+            BLOCK_C=triton.next_power_of_2(int(C)),
             ACC=acc_dtype(features.dtype))
     return accum.permute(0, 3, 1, 2).to(features.dtype), grad_points, grad_logits
 
