@@ -229,6 +229,10 @@ struct Elementary {
   static SAMDETR_HD V sin(V x) { return SAMDETR_FN(sin)(x); }
   static SAMDETR_HD V cos(V x) { return SAMDETR_FN(cos)(x); }
   static SAMDETR_HD V exp(V x) { return SAMDETR_FN(exp)(x); }
+  static SAMDETR_HD void sincos(V x, V* s, V* c) {
+    *s = sin(x);
+    *c = cos(x);
+  }
 };
 
 template <typename V>
@@ -282,8 +286,7 @@ template <typename V>
 SAMDETR_HD V sine_pair(V p, V frequency, V* sin_t, V* cos_t) {
   const V two_pi = V(static_cast<typename Elementary<V>::Scalar>(6.283185307179586476925286766559));
   const V t = (p * two_pi) * frequency;
-  *sin_t = Elementary<V>::sin(t);
-  *cos_t = Elementary<V>::cos(t);
+  Elementary<V>::sincos(t, sin_t, cos_t);
   return two_pi * frequency;
 }
 

@@ -31,6 +31,25 @@ struct Elementary<at::vec::Vectorized<T>> {
   static V sin(const V& x) { return x.sin(); }
   static V cos(const V& x) { return x.cos(); }
   static V exp(const V& x) { return x.exp(); }
+  // One SLEEF call for both (a shared argument reduction): the position embedding's features come in sin/cos
+  // pairs of one argument. float: 3.5-ulp (as Vectorized<float>::sin/cos), double: 1-ulp.
+  static void sincos(const V& x, V* s, V* c) {
+#if defined(CPU_CAPABILITY_AVX2) && !defined(_MSC_VER)
+    if constexpr (std::is_same_v<T, float>) {
+      const Sleef___m256_2 r = Sleef_sincosf8_u35(x);
+      *s = r.x;
+      *c = r.y;
+      return;
+    } else if constexpr (std::is_same_v<T, double>) {
+      const Sleef___m256d_2 r = Sleef_sincosd4_u10(x);
+      *s = r.x;
+      *c = r.y;
+      return;
+    }
+#endif
+    *s = x.sin();
+    *c = x.cos();
+  }
 };
 
 namespace cpu {
