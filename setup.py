@@ -31,11 +31,24 @@ def rel(pattern):
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+def _cpu_vector_flags() -> list:
+    """The ISA of the CPU kernels' at::vec::Vectorized loops (csrc/cpu/cpu_vec.h), fixed at compile time: AVX2 + FMA
+    when torch reports this machine can run them, else ATen's portable DEFAULT (scalar arrays, libm).
+    SAMDETR_CPU_CAPABILITY=DEFAULT builds for an older CPU than the building machine's."""
+    isa = os.environ.get("SAMDETR_CPU_CAPABILITY") or (
+        "AVX2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "DEFAULT")
+    if isa == "AVX2":
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    if isa == "DEFAULT":
+        return ["-DCPU_CAPABILITY=DEFAULT"]
+    raise RuntimeError(f"SAMDETR_CPU_CAPABILITY must be AVX2 or DEFAULT, got {isa!r}")
+
+
 def _extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # at::parallel_for is inlined from torch's headers and only runs in parallel when compiled with OpenMP; the
     # extension then shares torch's own libgomp (same soname, already loaded).
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"] + _cpu_vector_flags()
     link_flags = ["-fopenmp"]
     if not _want_cuda():
         print("samdetr_ops: building the CPU kernels (no CUDA: set FORCE_CUDA=1 to compile them without a GPU)")

@@ -1,4 +1,4 @@
-"""Fused vs unfused: latency, autograd-saved memory and (on CUDA) peak memory and the bandwidth floor.
+"""Fused vs unfused: latency, autograd-saved memory, (on CUDA) peak memory, and each op's floor (a lower bound).
 
     python -m benchmarks.bench                 # --quick: a few SAM-DETR shapes, minutes on a 2-core CPU
     python -m benchmarks.bench --full          # every SAM-DETR shape (N 100/300/900, B 1/4/8, 25x38 and 50x76)
@@ -75,6 +75,57 @@ def launch_time(device):
     x = torch.empty(1, device=device)
     ms, _, _ = time_cuda(lambda: x.zero_())
     return ms
+
+
+# ------------------------------------------------------------------------------------------------ CPU floor
+def cpu_rates():
+    """This CPU's rates, measured now with torch's threads: copy bytes/s (read + write of 64 MiB), float32 flop/s
+    of a 1024 x 1024 matmul (the multiply-add peak we can reach), and elements/s of torch's vectorised float32
+    sin, cos and exp on a cache-resident vector."""
+    x = torch.empty(64 * 2**20, dtype=torch.uint8)
+    y = torch.empty_like(x)
+    rates = {"copy": 2 * x.numel() / (time_cpu(lambda: y.copy_(x), 0.2)[0] * 1e-3)}
+    a = torch.randn(1024, 1024)
+    rates["flop"] = 2 * 1024**3 / (time_cpu(lambda: a @ a, 0.2)[0] * 1e-3)
+    v = torch.randn(2**16)
+    for fn in ("sin", "cos", "exp"):
+        rates[fn] = v.numel() / (time_cpu(getattr(v, fn), 0.2)[0] * 1e-3)
+    return rates
+
+
+def on_map_samples(start, size, grid, length, S=7):
+    """(R, S) count of RoIAlign samples of each bin along one axis that land on [-1, length] (the ones read)."""
+    i = torch.arange(int(grid.max().item()) if grid.numel() else 0, dtype=start.dtype)
+    pos = start[:, None, None] + torch.arange(S, dtype=start.dtype)[None, :, None] * size[:, None, None] \
+        + (i + 0.5)[None, None, :] * (size / grid)[:, None, None]
+    return ((i[None, None, :] < grid[:, None, None]) & (pos >= -1) & (pos <= length)).sum(-1)
+
+
+def cpu_floor_ms(op, shape, dtype, x, rates):
+    """A lower bound on one forward on this CPU: max(minimum bytes at the copy rate, arithmetic at the measured
+    peak). Arithmetic: roi_align 4 multiply-adds per on-map sample and channel; semantic_align those of the bins
+    its points touch, 4 per corner and channel, and one exp per output (the sigmoid); the position embedding
+    half a sin, half a cos and one exp per output. float16/bfloat16 compute in float32: same rates."""
+    memory = cases.min_bytes(op, shape, dtype.itemsize) / rates["copy"]
+    B, N, M, C, H, W, S = shape.B, shape.N, shape.M, shape.C, shape.H, shape.W, 7
+    if op == "salient_point_pos_embed":
+        outputs = B * N * M * C
+        return 1e3 * max(memory, outputs * (0.5 / rates["sin"] + 0.5 / rates["cos"] + 1 / rates["exp"]))
+    boxes = x["boxes"].double().reshape(-1, 4)  # aligned=True: offset 0.5, spatial_scale 1
+    start, extent = boxes[:, :2] - 0.5, boxes[:, 2:] - boxes[:, :2]
+    grid = torch.ceil(extent / S).clamp(min=1)
+    samples = on_map_samples(start[:, 1], extent[:, 1] / S, grid[:, 1], H)[:, :, None] \
+        * on_map_samples(start[:, 0], extent[:, 0] / S, grid[:, 0], W)[:, None, :]  # (R, S, S)
+    if op == "roi_align":
+        return 1e3 * max(memory, 8 * C * samples.sum().item() / rates["flop"])
+    # semantic_align: the bins grid_sample's corners touch (align_corners=False over the S x S grid)
+    p = x["points"].double().reshape(B * N, M, 2)
+    corner = torch.floor(((p + 1) * S - 1) / 2).long()[..., None, :] + torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])
+    on_grid = ((corner >= 0) & (corner < S)).all(-1)
+    touched = torch.zeros(B * N, S * S + 1, dtype=torch.bool)
+    touched.scatter_(1, torch.where(on_grid, corner[..., 1] * S + corner[..., 0], S * S).flatten(1), True)
+    flops = 8 * C * (samples.flatten(1) * touched[:, :-1]).sum().item() + 2 * C * on_grid.sum().item()
+    return 1e3 * max(memory, flops / rates["flop"] + B * N * M * C / rates["exp"])
 
 
 # ----------------------------------------------------------------------------------------------------- memory
@@ -252,6 +303,7 @@ def main(argv=None):
     compile_ref = args.backend is None or "compiled-ref" in args.backend
     floor_bw = copy_bandwidth(device) if device.type == "cuda" else None
     floor_launch = launch_time(device) if device.type == "cuda" else None
+    floor_rates = cpu_rates() if device.type == "cpu" else None
 
     tasks = [(op, shape, dtype, mode) for op in args.ops for shape in cases.shapes(device.type, args.preset)
              for dtype in dtypes for mode in args.modes]
@@ -298,6 +350,8 @@ def main(argv=None):
             floor = None
             if floor_bw and mode != "forward+backward" and op != "aligner_block":
                 floor = max(floor_launch, cases.min_bytes(op, shape, dtype.itemsize) / floor_bw * 1e3)
+            elif floor_rates and mode != "forward+backward" and op != "aligner_block":
+                floor = cpu_floor_ms(op, shape, dtype, input_sets[0], floor_rates)
             rows.append(dict(env, timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"), op=op, variant=name, mode=mode, dtype=str(dtype).replace("torch.", ""),
                 B=shape.B, N=shape.N, M=shape.M, C=shape.C, H=shape.H, W=shape.W, median_ms=median,

@@ -2,8 +2,9 @@
 //
 // Everything in this header is __host__ __device__ so that the CPU tests exercise exactly the code the GPU runs:
 // RoIAlign bin geometry (torchvision's rules, aligned or not, adaptive sampling count), the RoIAlign bilinear
-// taps, grid_sample's bilinear taps over the RoI grid (align_corners=False, zero padding), and the
-// sinusoidal position embedding. Only thread mapping, vector loads and atomics differ between the back-ends.
+// taps, grid_sample's bilinear taps over the RoI grid (align_corners=False, zero padding), the sigmoid
+// reweighting and the sinusoidal position embedding (these two also on CPU SIMD vectors, see Elementary). Only
+// thread mapping, vector loads and atomics differ between the back-ends.
 //
 // Robustness: torchvision's kernels cast float sample positions and counts straight to int, which is undefined
 // behaviour (and in practice an out-of-bounds read) for NaN/Inf or absurd boxes. Here every such cast is guarded:
@@ -218,8 +219,59 @@ SAMDETR_HD bool grid_taps(T px, T py, int64_t width, int64_t height, GridTaps<T>
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// Elementary functions of the formulas below. The templates take a scalar (host or device) or, on the CPU, a SIMD
+// vector: cpu/cpu_vec.h specialises Elementary for at::vec::Vectorized (SLEEF sin/cos/exp), so one copy of each
+// formula serves the CUDA threads, the scalar CPU code and the vectorised CPU loops. V(1) etc. broadcast.
+// ---------------------------------------------------------------------------------------------------------------
+template <typename V>
+struct Elementary {
+  using Scalar = V;
+  static SAMDETR_HD V sin(V x) { return SAMDETR_FN(sin)(x); }
+  static SAMDETR_HD V cos(V x) { return SAMDETR_FN(cos)(x); }
+  static SAMDETR_HD V exp(V x) { return SAMDETR_FN(exp)(x); }
+  static SAMDETR_HD void sincos(V x, V* s, V* c) {
+    *s = sin(x);
+    *c = cos(x);
+  }
+};
+
+template <typename V>
+SAMDETR_HD V sigmoid(V x) {
+  return V(1) / (V(1) + Elementary<V>::exp(-x));
+}
+
+// Reweighting by a sigmoid gate, out = value * sigmoid(logit): the last step of semantic_align and of the position
+// embedding. Its backward writes d loss / d logit and returns d loss / d value.
+template <typename V>
+SAMDETR_HD V reweight(V value, V logit) {
+  return value * sigmoid(logit);
+}
+
+template <typename V>
+SAMDETR_HD V reweight_backward(V grad_out, V value, V logit, V* grad_logit) {
+  const V s = sigmoid(logit);
+  *grad_logit = grad_out * value * s * (V(1) - s);
+  return grad_out * s;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Sinusoidal position embedding of salient points (Conditional-DETR's gen_sineembed_for_position layout).
 // ---------------------------------------------------------------------------------------------------------------
+// A salient point's position along one axis: box centre + 0.5 * box size * point (point in [-1, 1]), and the
+// adjoint: d loss / d (centre, size, point) from d loss / d position.
+template <typename T>
+SAMDETR_HD T point_position(T centre, T size, T point) {
+  return centre + T(0.5) * size * point;
+}
+
+template <typename T>
+SAMDETR_HD void point_position_backward(T grad_position, T size, T point, T* grad_centre, T* grad_size,
+                                        T* grad_point) {
+  *grad_centre = grad_position;
+  *grad_size = grad_position * T(0.5) * point;
+  *grad_point = grad_position * T(0.5) * size;
+}
+
 // Feature k (0 <= k < half) of one coordinate p: t = (p * 2 pi) / temperature^(2 (k // 2) / half);
 // sin(t) for even k, cos(t) for odd k. Features 2j and 2j+1 share the same t, so kernels walk pairs: one sin/cos
 // evaluation gives both values (sin t, cos t) and both derivatives (cos t, -sin t) * d t / d p.
@@ -230,18 +282,34 @@ SAMDETR_HD T sine_pair_frequency(int64_t pair, int64_t half, T temperature) {
 }
 
 // Writes sin t and cos t, and returns d t / d p, for t = (p * 2 pi) * frequency.
-template <typename T>
-SAMDETR_HD T sine_pair(T p, T frequency, T* sin_t, T* cos_t) {
-  const T two_pi = static_cast<T>(6.283185307179586476925286766559);
-  const T t = (p * two_pi) * frequency;
-  *sin_t = SAMDETR_FN(sin)(t);
-  *cos_t = SAMDETR_FN(cos)(t);
+template <typename V>
+SAMDETR_HD V sine_pair(V p, V frequency, V* sin_t, V* cos_t) {
+  const V two_pi = V(static_cast<typename Elementary<V>::Scalar>(6.283185307179586476925286766559));
+  const V t = (p * two_pi) * frequency;
+  Elementary<V>::sincos(t, sin_t, cos_t);
   return two_pi * frequency;
 }
 
-template <typename T>
-SAMDETR_HD T sigmoid(T x) {
-  return T(1) / (T(1) + SAMDETR_FN(exp)(-x));
+// Features 2j (sin t) and 2j+1 (cos t) of coordinate p, each reweighted by sigmoid of its logit. When half is odd
+// the last pair has no cos feature: callers pass any finite logit and drop *out_cos.
+template <typename V>
+SAMDETR_HD void sine_pair_forward(V p, V frequency, V logit_sin, V logit_cos, V* out_sin, V* out_cos) {
+  V sin_t, cos_t;
+  sine_pair(p, frequency, &sin_t, &cos_t);
+  *out_sin = reweight(sin_t, logit_sin);
+  *out_cos = reweight(cos_t, logit_cos);
+}
+
+// Backward of sine_pair_forward: writes the two logits' gradients and returns the pair's share of d loss / d p.
+// A missing cos feature (odd half) passes grad_cos = 0 (and a finite logit_cos): it then adds exactly 0.
+template <typename V>
+SAMDETR_HD V sine_pair_backward(V p, V frequency, V grad_sin, V logit_sin, V grad_cos, V logit_cos,
+                                V* grad_logit_sin, V* grad_logit_cos) {
+  V sin_t, cos_t;
+  const V dt_dp = sine_pair(p, frequency, &sin_t, &cos_t);
+  const V grad_value_sin = reweight_backward(grad_sin, sin_t, logit_sin, grad_logit_sin);
+  const V grad_value_cos = reweight_backward(grad_cos, cos_t, logit_cos, grad_logit_cos);
+  return (grad_value_sin * cos_t - grad_value_cos * sin_t) * dt_dp;
 }
 
 }  // namespace samdetr

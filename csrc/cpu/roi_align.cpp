@@ -1,4 +1,5 @@
-// CPU kernels of samdetr_ops::roi_align (forward and backward), float32 / float64.
+// CPU kernels of samdetr_ops::roi_align (forward and backward): float32, float64, float16 and bfloat16 (computed
+// and accumulated in float32).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -25,22 +26,24 @@ at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes
   // No copy when features already are channels-last, e.g. a (B, H*W, C) token tensor viewed as (B, C, H, W).
   const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor box = boxes.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "samdetr_roi_align_forward_cpu", [&] {
+  SAMDETR_DISPATCH_CPU_TYPES(features.scalar_type(), "samdetr_roi_align_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
     const scalar_t* feat_ptr = feat.const_data_ptr<scalar_t>();
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> bins(bins_per_roi * C);  // (S_h*S_w, C): one RoI, channels innermost as the features
+      std::vector<acc_t> bins(bins_per_roi * C);  // (S_h*S_w, C): one RoI, channels innermost as the features
       for (int64_t roi = begin; roi < end; ++roi) {
         const int64_t b = roi / N;
-        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
+        const auto g = box_geometry<acc_t>(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
         const scalar_t* feat_b = feat_ptr + b * H * W * C;
         for (int64_t bin = 0; bin < bins_per_roi; ++bin)
           bin_average(g, bin / SW, bin % SW, feat_b, H, W, C, 0, C, bins.data() + bin * C);
         // transpose into the (C, S_h, S_w) output of this RoI, writing contiguously
         scalar_t* o = out_ptr + roi * C * bins_per_roi;
         for (int64_t c = 0; c < C; ++c)
-          for (int64_t bin = 0; bin < bins_per_roi; ++bin) o[c * bins_per_roi + bin] = bins[bin * C + c];
+          for (int64_t bin = 0; bin < bins_per_roi; ++bin)
+            o[c * bins_per_roi + bin] = static_cast<scalar_t>(bins[bin * C + c]);
       }
     });
   });
@@ -64,28 +67,32 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& b
   const at::Tensor grad_t = grad_output.permute({0, 1, 3, 4, 2}).contiguous();
   const at::Tensor box = boxes.contiguous();
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
-  AT_DISPATCH_FLOATING_TYPES(grad_output.scalar_type(), "samdetr_roi_align_backward_cpu", [&] {
+  at::Tensor grad_acc = accumulation_buffer(grad_features);
+  SAMDETR_DISPATCH_CPU_TYPES(grad_output.scalar_type(), "samdetr_roi_align_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
     const scalar_t* grad_ptr = grad_t.const_data_ptr<scalar_t>();
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
-    scalar_t* gfeat_ptr = grad_features.mutable_data_ptr<scalar_t>();
+    acc_t* gfeat_ptr = grad_acc.mutable_data_ptr<acc_t>();
     at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> grad_bin(kChannelBlock);
+      std::vector<acc_t> grad_bin(kChannelBlock);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / blocks;
         const int64_t c0 = (task % blocks) * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock);
-        scalar_t* gfeat_b = gfeat_ptr + b * H * W * C;
+        acc_t* gfeat_b = gfeat_ptr + b * H * W * C;
         for (int64_t n = 0; n < N; ++n) {
-          const auto g = box_geometry(box_ptr + (b * N + n) * 4, spatial_scale, pooled, sampling_ratio, aligned);
+          const auto g =
+              box_geometry<acc_t>(box_ptr + (b * N + n) * 4, spatial_scale, pooled, sampling_ratio, aligned);
           if (g.grid_h == 0 || g.grid_w == 0) continue;
           for (int64_t bin = 0; bin < bins_per_roi; ++bin) {
             const scalar_t* src = grad_ptr + ((b * N + n) * bins_per_roi + bin) * C + c0;
-            for (int64_t c = 0; c < c1 - c0; ++c) grad_bin[c] = src[c] * g.inv_count;
+            for (int64_t c = 0; c < c1 - c0; ++c) grad_bin[c] = static_cast<acc_t>(src[c]) * g.inv_count;
             bin_scatter(g, bin / SW, bin % SW, gfeat_b, H, W, C, c0, c1, grad_bin.data());
           }
         }
       }
     });
   });
+  finish_accumulation(grad_features, grad_acc);
   return grad_features;
 }
 

@@ -1,4 +1,5 @@
-// CPU kernels of samdetr_ops::semantic_align (forward and backward), float32 / float64.
+// CPU kernels of samdetr_ops::semantic_align (forward and backward): float32, float64, float16 and bfloat16
+// (computed and accumulated in float32).
 //
 // Per RoI only the bins that some salient point's bilinear corners touch are computed (at most 4 per point, and
 // shared between points); the (B*N, C, S, S) RoI feature tensor of the unfused sequence never exists.
@@ -31,16 +32,38 @@ struct PointTaps {
   // Row-major index of corner (kx, ky) of point tap t.
   int64_t bin(const GridTaps<T>& t, int kx, int ky) const { return (t.y0 + ky) * grid.w + t.x0 + kx; }
 
-  // points: (M, 2) normalised (x, y) of one RoI.
-  void compute(const T* points) {
+  // points: (M, 2) normalised (x, y) of one RoI, in any floating dtype (the taps are computed in T).
+  template <typename scalar_t>
+  void compute(const scalar_t* points) {
     std::fill(touched.begin(), touched.end(), 0);
     for (size_t m = 0; m < taps.size(); ++m) {
       GridTaps<T>& t = taps[m];
-      valid[m] = grid_taps(points[2 * m], points[2 * m + 1], grid.w, grid.h, &t);
+      valid[m] = grid_taps(static_cast<T>(points[2 * m]), static_cast<T>(points[2 * m + 1]), grid.w, grid.h, &t);
       if (!valid[m]) continue;
       for (int ky = 0; ky < 2; ++ky)
         for (int kx = 0; kx < 2; ++kx)
           if (t.in_y[ky] && t.in_x[kx]) touched[bin(t, kx, ky)] = 1;
+    }
+  }
+};
+
+// The on-grid corners of one point: grid_sample weight, its derivatives w.r.t. the normalised x and y, and the
+// corner's bin index.
+template <typename T>
+struct Corners {
+  int count = 0;
+  T w[4], w_dx[4], w_dy[4];
+  int64_t bin[4];
+
+  Corners(const PointTaps<T>& pt, const GridTaps<T>& t) {
+    for (int ky = 0; ky < 2; ++ky) {
+      for (int kx = 0; kx < 2; ++kx) {
+        if (!(t.in_y[ky] && t.in_x[kx])) continue;
+        w[count] = t.wy[ky] * t.wx[kx];
+        w_dx[count] = t.wy[ky] * t.dwx[kx];
+        w_dy[count] = t.dwy[ky] * t.wx[kx];
+        bin[count++] = pt.bin(t, kx, ky);
+      }
     }
   }
 };
@@ -58,37 +81,35 @@ at::Tensor semantic_align_forward(const at::Tensor& features, const at::Tensor& 
   if (out.numel() == 0 || H == 0 || W == 0) return out;
   const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor box = boxes.contiguous(), pts = points.contiguous(), logits = weight_logits.contiguous();
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "samdetr_semantic_align_forward_cpu", [&] {
+  SAMDETR_DISPATCH_CPU_TYPES(features.scalar_type(), "samdetr_semantic_align_forward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    using Vec = at::vec::Vectorized<acc_t>;
     const scalar_t* feat_ptr = feat.const_data_ptr<scalar_t>();
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
     const scalar_t* logit_ptr = logits.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, B * N, 1, [&](int64_t begin, int64_t end) {
-      PointTaps<scalar_t> pt(M, pooled);
-      std::vector<scalar_t> bins(bins_per_roi * C);  // (S_h*S_w, C): RoI features, touched bins only
-      std::vector<scalar_t> q(C);                    // one sampled point, before reweighting
+      PointTaps<acc_t> pt(M, pooled);
+      std::vector<acc_t> bins(bins_per_roi * C);  // (S_h*S_w, C): RoI features, touched bins only
       for (int64_t roi = begin; roi < end; ++roi) {
         const int64_t b = roi / N;
-        const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
+        const auto g = box_geometry<acc_t>(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
         pt.compute(pts_ptr + roi * M * 2);
         const scalar_t* feat_b = feat_ptr + b * H * W * C;
         for (int64_t bin = 0; bin < bins_per_roi; ++bin)
           if (pt.touched[bin]) bin_average(g, bin / SW, bin % SW, feat_b, H, W, C, 0, C, bins.data() + bin * C);
         for (int64_t m = 0; m < M; ++m) {
           if (!pt.valid[m]) continue;  // output stays 0, as grid_sample's zero padding gives
-          const GridTaps<scalar_t>& t = pt.taps[m];
-          std::fill(q.begin(), q.end(), scalar_t(0));
-          for (int ky = 0; ky < 2; ++ky) {
-            for (int kx = 0; kx < 2; ++kx) {
-              if (!(t.in_y[ky] && t.in_x[kx])) continue;
-              const scalar_t w = t.wy[ky] * t.wx[kx];
-              const scalar_t* v = bins.data() + pt.bin(t, kx, ky) * C;
-              for (int64_t c = 0; c < C; ++c) q[c] += w * v[c];
-            }
-          }
+          const Corners<acc_t> corners(pt, pt.taps[m]);
           const int64_t row = (roi * M + m) * C;
-          for (int64_t c = 0; c < C; ++c) out_ptr[row + c] = q[c] * sigmoid(logit_ptr[row + c]);
+          for (int64_t c = 0; c < C; c += Vec::size()) {  // a vector of channels: sample, then reweight
+            const int64_t count = std::min<int64_t>(Vec::size(), C - c);
+            Vec q(0);
+            for (int k = 0; k < corners.count; ++k)
+              q = at::vec::fmadd(Vec(corners.w[k]), Vec::loadu(bins.data() + corners.bin[k] * C + c, count), q);
+            store_vec(reweight(q, load_vec(logit_ptr + row + c, count)), out_ptr + row + c, count);
+          }
         }
       }
     });
@@ -108,6 +129,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   const int64_t N = boxes.size(1), M = points.size(2), SW = pooled.w, bins_per_roi = pooled.h * pooled.w;
   const bool need_feat = output_mask[0], need_points = output_mask[1], need_logits = output_mask[2];
+  const bool need_values = need_points || need_logits;  // the sampled values q and their derivatives
   at::Tensor grad_features =
       zeros_channels_last({B, C, H, W}, features.options());
   at::Tensor grad_points = at::zeros({B, N, M, 2}, points.options());
@@ -118,86 +140,79 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
   const at::Tensor box = boxes.contiguous(), pts = points.contiguous(), logits = weight_logits.contiguous();
   const at::Tensor grad = grad_output.contiguous();
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
-  // Per channel block partial point gradients, summed over blocks afterwards in a fixed order.
-  at::Tensor point_partials = at::zeros({blocks, B, N, M, 2}, points.options());
-  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "samdetr_semantic_align_backward_cpu", [&] {
+  at::Tensor grad_feat_acc = accumulation_buffer(grad_features);
+  // Per channel block partial point gradients (in acc_t), summed over blocks afterwards in a fixed order.
+  at::Tensor point_partials =
+      at::zeros({blocks, B, N, M, 2}, points.options().dtype(at::toOpMathType(points.scalar_type())));
+  SAMDETR_DISPATCH_CPU_TYPES(features.scalar_type(), "samdetr_semantic_align_backward_cpu", [&] {
+    using acc_t = acc_type<scalar_t>;
+    using Vec = at::vec::Vectorized<acc_t>;
     const scalar_t* feat_ptr = feat.const_data_ptr<scalar_t>();
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     const scalar_t* pts_ptr = pts.const_data_ptr<scalar_t>();
     const scalar_t* logit_ptr = logits.const_data_ptr<scalar_t>();
     const scalar_t* grad_ptr = grad.const_data_ptr<scalar_t>();
-    scalar_t* gfeat_ptr = grad_features.mutable_data_ptr<scalar_t>();
+    acc_t* gfeat_ptr = grad_feat_acc.mutable_data_ptr<acc_t>();
     scalar_t* glogit_ptr = grad_logits.mutable_data_ptr<scalar_t>();
-    scalar_t* gpoint_ptr = point_partials.mutable_data_ptr<scalar_t>();
+    acc_t* gpoint_ptr = point_partials.mutable_data_ptr<acc_t>();
     at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
       constexpr int64_t CB = kChannelBlock;
-      PointTaps<scalar_t> pt(M, pooled);
-      std::vector<scalar_t> bins(bins_per_roi * CB);       // (S_h*S_w, CB) RoI features of touched bins
-      std::vector<scalar_t> grad_bins(bins_per_roi * CB);  // (S_h*S_w, CB) their gradient
-      // Per point and channel: sigmoid, d out / d q, q, d q / d x, d q / d y.
-      std::vector<scalar_t> sig(CB), gq(CB), q(CB), dq_dx(CB), dq_dy(CB);
+      PointTaps<acc_t> pt(M, pooled);
+      std::vector<acc_t> bins(bins_per_roi * CB);       // (S_h*S_w, CB) RoI features of touched bins
+      std::vector<acc_t> grad_bins(bins_per_roi * CB);  // (S_h*S_w, CB) their gradient
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / blocks, block = task % blocks;
         const int64_t c0 = block * kChannelBlock, c1 = std::min(C, c0 + kChannelBlock), nc = c1 - c0;
         const scalar_t* feat_b = feat_ptr + b * H * W * C;
-        scalar_t* gfeat_b = gfeat_ptr + b * H * W * C;
+        acc_t* gfeat_b = gfeat_ptr + b * H * W * C;
         for (int64_t n = 0; n < N; ++n) {
           const int64_t roi = b * N + n;
-          const auto g = box_geometry(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
+          const auto g = box_geometry<acc_t>(box_ptr + roi * 4, spatial_scale, pooled, sampling_ratio, aligned);
           pt.compute(pts_ptr + roi * M * 2);
           for (int64_t bin = 0; bin < bins_per_roi; ++bin) {
             if (!pt.touched[bin]) continue;
-            if (need_points || need_logits)
-              bin_average(g, bin / SW, bin % SW, feat_b, H, W, C, c0, c1, bins.data() + bin * CB);
-            if (need_feat) std::fill_n(grad_bins.data() + bin * CB, nc, scalar_t(0));
+            if (need_values) bin_average(g, bin / SW, bin % SW, feat_b, H, W, C, c0, c1, bins.data() + bin * CB);
+            if (need_feat) std::fill_n(grad_bins.data() + bin * CB, nc, acc_t(0));
           }
           for (int64_t m = 0; m < M; ++m) {
             if (!pt.valid[m]) continue;  // no corner on the grid: every gradient is 0
-            const GridTaps<scalar_t>& t = pt.taps[m];
+            const Corners<acc_t> corners(pt, pt.taps[m]);
             const int64_t row = (roi * M + m) * C + c0;
-            for (int64_t c = 0; c < nc; ++c) {
-              sig[c] = sigmoid(logit_ptr[row + c]);
-              gq[c] = grad_ptr[row + c] * sig[c];
-              q[c] = dq_dx[c] = dq_dy[c] = scalar_t(0);
-            }
-            for (int ky = 0; ky < 2; ++ky) {
-              for (int kx = 0; kx < 2; ++kx) {
-                if (!(t.in_y[ky] && t.in_x[kx])) continue;
-                const int64_t bin = pt.bin(t, kx, ky);
-                const scalar_t w = t.wy[ky] * t.wx[kx];
-                if (need_points || need_logits) {
-                  const scalar_t w_dx = t.wy[ky] * t.dwx[kx], w_dy = t.dwy[ky] * t.wx[kx];
-                  const scalar_t* v = bins.data() + bin * CB;
-                  for (int64_t c = 0; c < nc; ++c) {
-                    q[c] += w * v[c];
-                    dq_dx[c] += w_dx * v[c];
-                    dq_dy[c] += w_dy * v[c];
-                  }
+            Vec grad_x(0), grad_y(0);  // d loss / d point, per lane
+            for (int64_t c = 0; c < nc; c += Vec::size()) {  // a vector of channels; missing lanes load as 0
+              const int64_t count = std::min<int64_t>(Vec::size(), nc - c);
+              Vec q(0), dq_dx(0), dq_dy(0);
+              if (need_values) {
+                for (int k = 0; k < corners.count; ++k) {
+                  const Vec v = Vec::loadu(bins.data() + corners.bin[k] * CB + c, count);
+                  q = at::vec::fmadd(Vec(corners.w[k]), v, q);
+                  dq_dx = at::vec::fmadd(Vec(corners.w_dx[k]), v, dq_dx);
+                  dq_dy = at::vec::fmadd(Vec(corners.w_dy[k]), v, dq_dy);
                 }
-                if (need_feat) {
-                  scalar_t* gb = grad_bins.data() + bin * CB;
-                  for (int64_t c = 0; c < nc; ++c) gb[c] += w * gq[c];
+              }
+              Vec grad_logit;
+              const Vec grad_q = reweight_backward(load_vec(grad_ptr + row + c, count), q,
+                                                   load_vec(logit_ptr + row + c, count), &grad_logit);
+              if (need_logits) store_vec(grad_logit, glogit_ptr + row + c, count);
+              grad_x = at::vec::fmadd(grad_q, dq_dx, grad_x);
+              grad_y = at::vec::fmadd(grad_q, dq_dy, grad_y);
+              if (need_feat) {
+                for (int k = 0; k < corners.count; ++k) {
+                  acc_t* gb = grad_bins.data() + corners.bin[k] * CB + c;
+                  at::vec::fmadd(Vec(corners.w[k]), grad_q, Vec::loadu(gb, count)).store(gb, static_cast<int>(count));
                 }
               }
             }
-            if (need_logits)
-              for (int64_t c = 0; c < nc; ++c)
-                glogit_ptr[row + c] = grad_ptr[row + c] * q[c] * sig[c] * (scalar_t(1) - sig[c]);
             if (need_points) {
-              scalar_t gx = 0, gy = 0;
-              for (int64_t c = 0; c < nc; ++c) {
-                gx += gq[c] * dq_dx[c];
-                gy += gq[c] * dq_dy[c];
-              }
-              scalar_t* gp = gpoint_ptr + ((block * B * N + roi) * M + m) * 2;
-              gp[0] = gx;
-              gp[1] = gy;
+              acc_t* gp = gpoint_ptr + ((block * B * N + roi) * M + m) * 2;
+              gp[0] = lane_sum(grad_x);
+              gp[1] = lane_sum(grad_y);
             }
           }
           if (need_feat && g.grid_h > 0 && g.grid_w > 0) {
             for (int64_t bin = 0; bin < bins_per_roi; ++bin) {
               if (!pt.touched[bin]) continue;
-              scalar_t* gb = grad_bins.data() + bin * CB;
+              acc_t* gb = grad_bins.data() + bin * CB;
               for (int64_t c = 0; c < nc; ++c) gb[c] *= g.inv_count;
               bin_scatter(g, bin / SW, bin % SW, gfeat_b, H, W, C, c0, c1, gb);
             }
@@ -206,7 +221,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> semantic_align_backward(
       }
     });
   });
-  if (need_points) grad_points = point_partials.sum(0);
+  finish_accumulation(grad_features, grad_feat_acc);
+  if (need_points) grad_points = point_partials.sum(0).to(points.scalar_type());
   return {grad_features, grad_points, grad_logits};
 }
 

@@ -7,11 +7,11 @@ namespace samdetr {
 namespace cuda {
 namespace {
 
-// The point's position along `axis` (0 = y, 1 = x): center + 0.5 * size * point.
+// The point's position along `axis` (0 = y, 1 = x; a row's y features come first).
 template <typename acc_t, typename scalar_t>
-__device__ __forceinline__ acc_t point_position(const scalar_t* box, const scalar_t* point, int axis) {
+__device__ __forceinline__ acc_t row_position(const scalar_t* box, const scalar_t* point, int axis) {
   const int k = 1 - axis;  // box is (cx, cy, w, h) and point (x, y): y is index 1, x index 0
-  return static_cast<acc_t>(box[k]) + acc_t(0.5) * static_cast<acc_t>(box[2 + k]) * static_cast<acc_t>(point[k]);
+  return point_position(static_cast<acc_t>(box[k]), static_cast<acc_t>(box[2 + k]), static_cast<acc_t>(point[k]));
 }
 
 // One thread per (row, axis, feature pair j): one sin/cos evaluation gives features 2j (sin) and 2j+1 (cos).
@@ -27,12 +27,14 @@ pos_embed_forward_kernel(const scalar_t* __restrict__ boxes,   // (B, N, 4)
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t j = i % pairs, axis = (i / pairs) % 2, row = i / (2 * pairs);
-    const acc_t p = point_position<acc_t>(boxes + (row / M) * 4, points + row * 2, static_cast<int>(axis));
-    acc_t sin_t, cos_t;
-    sine_pair(p, sine_pair_frequency<acc_t>(j, half, temperature), &sin_t, &cos_t);
+    const acc_t p = row_position<acc_t>(boxes + (row / M) * 4, points + row * 2, static_cast<int>(axis));
     const int64_t k = row * 2 * half + axis * half + 2 * j;
-    out[k] = static_cast<scalar_t>(sin_t * sigmoid(static_cast<acc_t>(logits[k])));
-    if (2 * j + 1 < half) out[k + 1] = static_cast<scalar_t>(cos_t * sigmoid(static_cast<acc_t>(logits[k + 1])));
+    const bool has_cos = 2 * j + 1 < half;  // an odd half's last pair has no cos feature
+    acc_t out_sin, out_cos;
+    sine_pair_forward(p, sine_pair_frequency<acc_t>(j, half, temperature), static_cast<acc_t>(logits[k]),
+                      has_cos ? static_cast<acc_t>(logits[k + 1]) : acc_t(0), &out_sin, &out_cos);
+    out[k] = static_cast<scalar_t>(out_sin);
+    if (has_cos) out[k + 1] = static_cast<scalar_t>(out_cos);
   }
 }
 
@@ -62,32 +64,31 @@ pos_embed_backward_kernel(const scalar_t* __restrict__ grad,    // (B, N, M, D)
     for (int64_t i = lane; i < 2 * pairs; i += 32) {
       const int axis = static_cast<int>(i / pairs);
       const int64_t j = i % pairs;
-      const acc_t p = point_position<acc_t>(box, point, axis);
-      acc_t sin_t, cos_t;
-      const acc_t dt_dp = sine_pair(p, sine_pair_frequency<acc_t>(j, half, temperature), &sin_t, &cos_t);
-      const acc_t values[2] = {sin_t, cos_t}, derivatives[2] = {cos_t * dt_dp, -sin_t * dt_dp};
-      for (int e = 0; e < 2 && 2 * j + e < half; ++e) {
-        const int64_t k = row * 2 * half + axis * half + 2 * j + e;
-        const acc_t s = sigmoid(static_cast<acc_t>(logits[k]));
-        const acc_t go = static_cast<acc_t>(grad[k]);
-        grad_logits[k] = static_cast<scalar_t>(go * values[e] * s * (acc_t(1) - s));
-        grad_p[axis] += go * s * derivatives[e];
-      }
+      const acc_t p = row_position<acc_t>(box, point, axis);
+      const int64_t k = row * 2 * half + axis * half + 2 * j;
+      const bool has_cos = 2 * j + 1 < half;  // a missing cos feature enters with grad 0: it adds exactly 0
+      acc_t grad_logit_sin, grad_logit_cos;
+      grad_p[axis] += sine_pair_backward(p, sine_pair_frequency<acc_t>(j, half, temperature),
+                                         static_cast<acc_t>(grad[k]), static_cast<acc_t>(logits[k]),
+                                         has_cos ? static_cast<acc_t>(grad[k + 1]) : acc_t(0),
+                                         has_cos ? static_cast<acc_t>(logits[k + 1]) : acc_t(0), &grad_logit_sin,
+                                         &grad_logit_cos);
+      grad_logits[k] = static_cast<scalar_t>(grad_logit_sin);
+      if (has_cos) grad_logits[k + 1] = static_cast<scalar_t>(grad_logit_cos);
     }
     for (int offset = 16; offset > 0; offset /= 2) {
       grad_p[0] += __shfl_down_sync(0xffffffffu, grad_p[0], offset);
       grad_p[1] += __shfl_down_sync(0xffffffffu, grad_p[1], offset);
     }
     if (lane == 0) {
-      const acc_t w = static_cast<acc_t>(box[2]), h = static_cast<acc_t>(box[3]);
-      const acc_t pt_x = static_cast<acc_t>(point[0]), pt_y = static_cast<acc_t>(point[1]);
-      grad_points[row * 2] = static_cast<scalar_t>(grad_p[1] * acc_t(0.5) * w);
-      grad_points[row * 2 + 1] = static_cast<scalar_t>(grad_p[0] * acc_t(0.5) * h);
       acc_t* partial = box_partials + row * 4;  // d loss / d (cx, cy, w, h) from this row
-      partial[0] = grad_p[1];
-      partial[1] = grad_p[0];
-      partial[2] = grad_p[1] * acc_t(0.5) * pt_x;
-      partial[3] = grad_p[0] * acc_t(0.5) * pt_y;
+      for (int axis = 0; axis < 2; ++axis) {
+        const int k = 1 - axis;  // y is index 1 of box and point, x index 0
+        acc_t grad_point;
+        point_position_backward(grad_p[axis], static_cast<acc_t>(box[2 + k]), static_cast<acc_t>(point[k]),
+                                &partial[k], &partial[2 + k], &grad_point);
+        grad_points[row * 2 + k] = static_cast<scalar_t>(grad_point);
+      }
     }
   }
 }
