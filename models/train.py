@@ -179,7 +179,10 @@ def _load_model_state(model, checkpoint, cfg, path):
                              + "; ".join(differ) + "); pass the same model arguments")
     else:
         from .convert import convert_official_state_dict
-        state_dict = convert_official_state_dict(state_dict, cfg)
+        try:
+            state_dict = convert_official_state_dict(state_dict, cfg)
+        except (KeyError, ValueError) as error:  # a variant mismatch names the SAMDETRConfig field to change
+            raise InputError(f"checkpoint {path} (official layout) cannot be converted: {error}") from error
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as error:  # lists every missing/unexpected key and shape mismatch
@@ -187,8 +190,9 @@ def _load_model_state(model, checkpoint, cfg, path):
 
 
 def official_input_proj_groupnorm(state_dict):
-    """Whether an official state dict has the GroupNorm input projection (input_proj.0 conv + input_proj.1 norm)."""
-    return any(k.startswith("input_proj.1.") for k in state_dict)
+    """Whether an official state dict has the GroupNorm input projection (official: input_proj.0 = Sequential(conv,
+    GroupNorm), so the norm's weight is input_proj.0.1.weight)."""
+    return "input_proj.0.1.weight" in state_dict
 
 
 # ----------------------------------------------------------------------------------------------- logs, plots
