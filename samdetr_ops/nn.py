@@ -2,50 +2,80 @@
 import torch
 from torch import nn
 
-from . import roi_align, salient_point_pos_embed, semantic_align
+import samdetr_ops
+from . import reference
+
+OPS = {"fused": samdetr_ops, "reference": reference}
 
 
 class SemanticAligner(nn.Module):
-    """SAM-DETR's Semantics Aligner: turns each query's reference box into M = num_points salient-point features
-    of the encoder memory (one per attention head) and their sine position embeddings, both reweighted by the
-    previous query embedding.
+    """SAM-DETR's Semantics Aligner (Zhang et al., CVPR 2022), layout and parameters of the official code, so its
+    checkpoints load. Per query it predicts M = num_points salient points inside the query's reference box (one
+    per cross-attention head) and returns the encoder features at those points and their position embeddings,
+    both reweighted by the query:
 
-    forward(memory, reference_boxes, query) with
-        memory           (B, C, H, W)  encoder features (a (B, H*W, C) token tensor viewed as (B, C, H, W) is the
-                                       fast path: no copy)
-        reference_boxes  (B, N, 4)     cx, cy, w, h normalised to [0, 1]
-        query            (B, N, C)     previous query embedding
-    returns
-        query_aligned    (B, N, M, C)  features at the salient points * sigmoid(query W_rw1)
-        query_pos        (B, N, M, C)  sine embedding of the salient points * sigmoid(query W_rw2)
-        points           (B, N, M, 2)  the salient points, (x, y) in [-1, 1] inside each box
+        rois   = RoIAlign(memory, box)                      7x7, aligned=True, adaptive sampling
+        points = tanh(point_mlp(relu(point_conv(rois))))    first 2*M outputs, point m = (out[2m], out[2m+1])
+        query_aligned = bilinear sample of rois at points * sigmoid(reweight_query(query))   (= semantic_align)
+        query_pos     = sine(center + 0.5 * wh * points) * sigmoid(reweight_pos(query))      (= salient_point_pos_embed)
+
+    Parameters (official names in brackets):
+        point_conv      Conv2d(C, C/4, 1) + ReLU                               [point1]
+        point_mlp       MLP 49*C/4 -> 256 -> 512 -> 512 -> 2*M (4*M with smca), ReLU between, the last layer
+                        zero-initialised so that every point starts at its box centre   [point2]
+        reweight_query  Linear(C, M*C)                                          [attn1]
+        reweight_pos    Linear(C, M*C)                                          [attn2]
+
+    forward(memory, reference_boxes, query, valid_ratios=None):
+        memory           (B, C, H, W)  encoder features. A (B, H*W, C) token tensor viewed as
+                                       `memory.transpose(1, 2).view(B, C, H, W)` (channels-last) is the fast path:
+                                       no copy.
+        reference_boxes  (B, N, 4)     cx, cy, w, h in [0, 1] of the valid (unpadded) image
+        query            (B, N, C)     query embedding (after the decoder's self-attention)
+        valid_ratios     (B, 2)        valid (unpadded) fraction of the map, (w, h); None = the whole map
+    returns query_aligned (B, N, M, C), query_pos (B, N, M, C), points (B, N, M, 2) (x, y) in [-1, 1] of the box,
+    and, with smca=True, a fourth tensor scales (B, N, M, 2): the per-head Gaussian scales of SMCA.
+
+    As in the official code (its sine embedding runs under no_grad), query_pos passes gradient only to
+    reweight_pos, not to the points or the boxes; the boxes receive no gradient at all (neither does RoIAlign's).
+    ops="fused" runs samdetr_ops (the current backend); ops="reference" the unfused official sequence
+    (samdetr_ops.reference: RoIAlign, then RoIAlign again inside the sampling).
     """
 
-    def __init__(self, d_model=256, num_points=8, roi_size=7, temperature=10000.0):
+    def __init__(self, d_model=256, num_points=8, roi_size=7, smca=False, ops="fused", temperature=10000.0):
         super().__init__()
-        self.d_model, self.num_points, self.roi_size, self.temperature = d_model, num_points, roi_size, temperature
-        hidden = d_model // 4
-        # ConvNet + MLP on the RoI features (B*N, C, S, S) -> M points
-        self.point_conv = nn.Sequential(nn.Conv2d(d_model, hidden, 3, padding=1), nn.ReLU(inplace=True))
-        self.point_mlp = nn.Sequential(nn.Linear(hidden * roi_size * roi_size, d_model), nn.ReLU(inplace=True),
-                                       nn.Linear(d_model, 2 * num_points))
-        self.reweight_query = nn.Linear(d_model, num_points * d_model)  # W_rw1
-        self.reweight_pos = nn.Linear(d_model, num_points * d_model)    # W_rw2
-        nn.init.zeros_(self.point_mlp[-1].weight)  # start with points spread at fixed offsets (the bias)
-        with torch.no_grad():
-            self.point_mlp[-1].bias.uniform_(-0.5, 0.5)
+        if ops not in OPS:
+            raise ValueError(f"SemanticAligner: ops must be one of {sorted(OPS)}, got {ops!r}")
+        self.d_model, self.num_points, self.roi_size, self.smca = d_model, num_points, roi_size, smca
+        self.ops, self.temperature = ops, temperature
+        self.point_conv = nn.Sequential(nn.Conv2d(d_model, d_model // 4, 1), nn.ReLU())
+        outputs_per_point = 4 if smca else 2
+        self.point_mlp = nn.Sequential(
+            nn.Linear(d_model // 4 * roi_size * roi_size, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(),
+            nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, outputs_per_point * num_points))
+        nn.init.zeros_(self.point_mlp[-1].weight)
+        nn.init.zeros_(self.point_mlp[-1].bias)
+        self.reweight_query = nn.Linear(d_model, num_points * d_model)
+        self.reweight_pos = nn.Linear(d_model, num_points * d_model)
 
-    def forward(self, memory, reference_boxes, query):
+    def forward(self, memory, reference_boxes, query, valid_ratios=None):
+        ops = OPS[self.ops]
         B, C, H, W = memory.shape
         N, M, S = reference_boxes.shape[1], self.num_points, self.roi_size
-        scale = reference_boxes.new_tensor([W, H, W, H])
-        cx, cy, w, h = (reference_boxes * scale).unbind(-1)
-        boxes_xyxy = torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)  # (B, N, 4) in pixels
-        rois = roi_align(memory, boxes_xyxy, S)                                              # (B, N, C, S, S)
-        hidden = self.point_conv(rois.flatten(0, 1))                                          # (B*N, C/4, S, S)
-        points = self.point_mlp(hidden.flatten(1)).view(B, N, M, 2).tanh()                   # (B, N, M, 2)
-        query_logits = self.reweight_query(query).view(B, N, M, C)
-        pos_logits = self.reweight_pos(query).view(B, N, M, C)
-        query_aligned = semantic_align(memory, boxes_xyxy, points, query_logits, S)         # (B, N, M, C)
-        query_pos = salient_point_pos_embed(reference_boxes, points, pos_logits, self.temperature)
+        # boxes in feature-map pixels: Python scale factors, so no constant tensor is built per call
+        cx, cy, w, h = reference_boxes.unbind(-1)                                          # (B, N) each
+        scale_x, scale_y = (W, H) if valid_ratios is None else (valid_ratios[:, 0:1] * W, valid_ratios[:, 1:2] * H)
+        boxes = torch.stack(((cx - 0.5 * w) * scale_x, (cy - 0.5 * h) * scale_y,
+                             (cx + 0.5 * w) * scale_x, (cy + 0.5 * h) * scale_y), dim=-1)  # (B, N, 4) x1 y1 x2 y2
+        rois = ops.roi_align(memory, boxes, S, 1.0, -1, True)                               # (B, N, C, S, S)
+        hidden = self.point_conv(rois.flatten(0, 1)).flatten(1)                            # (B*N, C/4*S*S)
+        out = self.point_mlp(hidden).view(B, N, -1)                                        # (B, N, 2M or 4M)
+        points = out[..., :2 * M].view(B, N, M, 2).tanh()                                  # (B, N, M, 2) x, y
+        query_aligned = ops.semantic_align(memory, boxes, points, self.reweight_query(query).view(B, N, M, C),
+                                           S, 1.0, -1, True)                               # (B, N, M, C)
+        query_pos = ops.salient_point_pos_embed(reference_boxes.detach(), points.detach(),
+                                                self.reweight_pos(query).view(B, N, M, C), self.temperature)
+        if self.smca:
+            return query_aligned, query_pos, points, out[..., 2 * M:].reshape(B, N, M, 2)
         return query_aligned, query_pos, points
+

@@ -1,0 +1,212 @@
+"""SAM-DETR's transformer: a DETR encoder and a decoder whose cross-attention queries come from the Semantics
+Aligner. Tokens are batch-first: the memory stays (B, HW, C) and the aligner reads it as a channels-last
+(B, C, H, W) view. B images, N queries, M heads (= salient points per query), C channels, HW = H*W pixels."""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from samdetr_ops.nn import SemanticAligner
+
+from .box_ops import inverse_sigmoid
+from .position_encoding import sine_embed_of_points
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (a feed-forward network)."""
+
+    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+        return x
+
+
+class TransformerEncoderLayer(nn.Module):
+    """Post-norm DETR encoder layer: self-attention with q = k = src + pos, then FFN."""
+
+    def __init__(self, d_model, nheads, dim_feedforward, dropout):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout2 = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+
+    def forward(self, src, pos, key_padding_mask):
+        # src, pos (B, HW, C); key_padding_mask (B, HW) True on padding
+        q = k = src + pos
+        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, key_padding_mask=key_padding_mask,
+                                                            need_weights=False)[0]))
+        src2 = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        return self.norm2(src + self.dropout3(src2))
+
+
+class TransformerEncoder(nn.Module):
+    """The encoder layers in sequence: src, pos (B, HW, C), key_padding_mask (B, HW) -> memory (B, HW, C)."""
+
+    def __init__(self, encoder_layer, num_layers):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
+
+    def forward(self, src, pos, key_padding_mask):
+        for layer in self.layers:
+            src = layer(src, pos, key_padding_mask)
+        return src
+
+
+class TransformerDecoderLayer(nn.Module):
+    """SAM-DETR decoder layer: self-attention (q, k = content + projected sine embedding of the box centres),
+    the Semantics Aligner, cross-attention with one query per head (that head's salient-point feature + its
+    projected position embedding; q and k of C channels per head, v of C/M), FFN; post-norm."""
+
+    def __init__(self, d_model, nheads, dim_feedforward, dropout, smca=False, ops="fused"):
+        super().__init__()
+        self.nheads, self.dropout, self.smca = nheads, dropout, smca
+        # self-attention
+        self.sa_qcontent_proj = nn.Linear(d_model, d_model)
+        self.sa_qpos_proj = nn.Linear(d_model, d_model)
+        self.sa_kcontent_proj = nn.Linear(d_model, d_model)
+        self.sa_kpos_proj = nn.Linear(d_model, d_model)
+        self.sa_v_proj = nn.Linear(d_model, d_model)
+        self.self_attn_out_proj = nn.Linear(d_model, d_model)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        # semantics aligner and cross-attention
+        self.aligner = SemanticAligner(d_model, nheads, smca=smca, ops=ops)
+        self.ca_qcontent_proj = nn.Linear(d_model, d_model)
+        self.ca_kcontent_proj = nn.Linear(d_model, d_model)
+        self.ca_v_proj = nn.Linear(d_model, d_model)
+        self.ca_qpos_sine_proj = MLP(d_model, d_model, d_model, 2)
+        self.ca_kpos_sine_proj = MLP(d_model, d_model, d_model, 2)
+        self.cross_attn_out_proj = nn.Linear(d_model, d_model)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        # FFN
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout_ffn = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios):
+        """tgt (B, N, C); memory, pos (B, HW, C); key_padding_mask (B, HW); reference_boxes (B, N, 4) cxcywh in
+        [0, 1]; spatial_shape (H, W) Python ints; valid_ratios (B, 2) (w, h) -> tgt (B, N, C)."""
+        B, N, C = tgt.shape
+        M, H, W = self.nheads, *spatial_shape
+        p = self.dropout if self.training else 0.0
+
+        # self-attention among the queries, heads of C/M channels
+        query_sine = sine_embed_of_points(reference_boxes[..., :2], C)                     # (B, N, C), no grad
+        q = self.sa_qcontent_proj(tgt) + self.sa_qpos_proj(query_sine)
+        k = self.sa_kcontent_proj(tgt) + self.sa_kpos_proj(query_sine)
+        v = self.sa_v_proj(tgt)
+        heads = [x.view(B, N, M, C // M).transpose(1, 2) for x in (q, k, v)]               # (B, M, N, C/M)
+        tgt2 = F.scaled_dot_product_attention(*heads, dropout_p=p).transpose(1, 2).reshape(B, N, C)
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn_out_proj(tgt2)))
+
+        # semantics aligner: one query per head, from the salient points of the reference box
+        features = memory.transpose(1, 2).view(B, C, H, W)                                  # channels-last view
+        aligned = self.aligner(features, reference_boxes, tgt, valid_ratios)
+        query_aligned, query_pos, points = aligned[:3]                                       # (B, N, M, C) x2
+        q = self.ca_qcontent_proj(query_aligned) + self.ca_qpos_sine_proj(query_pos)          # (B, N, M, C)
+
+        # cross-attention: one key tensor serves every head (never expanded per head)
+        k = self.ca_kcontent_proj(memory) + self.ca_kpos_sine_proj(pos)                       # (B, HW, C)
+        v = self.ca_v_proj(memory)                                                           # (B, HW, C)
+        logits = torch.matmul(q.reshape(B, N * M, C) * C ** -0.5, k.transpose(1, 2))          # (B, N*M, HW)
+        logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
+        if self.smca:
+            logits = logits + smca_bias(reference_boxes, points, aligned[3], spatial_shape, valid_ratios)
+        attn = F.dropout(logits.softmax(-1), p, self.training)
+        attn = attn.view(B, N, M, H * W).transpose(1, 2)                                    # (B, M, N, HW)
+        v = v.view(B, H * W, M, C // M).transpose(1, 2)                                      # (B, M, HW, C/M)
+        tgt2 = torch.matmul(attn, v).transpose(1, 2).reshape(B, N, C)                        # heads concatenated
+        tgt = self.norm2(tgt + self.dropout2(self.cross_attn_out_proj(tgt2)))
+
+        tgt2 = self.linear2(self.dropout_ffn(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout3(tgt2))
+
+
+def smca_bias(reference_boxes, points, scales, spatial_shape, valid_ratios):
+    """SMCA's Gaussian prior on the cross-attention logits of each head: -sum_xy ((p - (g + 0.5)) * s)^2 / 8 for
+    the head's salient point p (feature pixels, valid-ratio scaled), pixel g and the head's predicted scale s.
+    x and y are separable, so it is built from (B, N, M, W) and (B, N, M, H) terms, never from per-pixel
+    distance vectors. reference_boxes (B, N, 4), points, scales (B, N, M, 2) -> (B, N*M, H*W)."""
+    H, W = spatial_shape
+    B, N, M = points.shape[:3]
+    position = reference_boxes[:, :, None, :2] + 0.5 * reference_boxes[:, :, None, 2:] * points  # (B, N, M, 2)
+    px = position[..., 0] * W * valid_ratios[:, None, None, 0]                                     # (B, N, M)
+    py = position[..., 1] * H * valid_ratios[:, None, None, 1]
+    gx = torch.arange(W, dtype=px.dtype, device=px.device) + 0.5                                   # (W,)
+    gy = torch.arange(H, dtype=py.dtype, device=py.device) + 0.5
+    dx = (px[..., None] - gx).square() * scales[..., 0:1].square()                                 # (B, N, M, W)
+    dy = (py[..., None] - gy).square() * scales[..., 1:2].square()                                 # (B, N, M, H)
+    return ((dy[..., :, None] + dx[..., None, :]) / -8.0).view(B, N * M, H * W)
+
+
+class TransformerDecoder(nn.Module):
+    """Runs the decoder layers, refining the reference boxes after each one with that layer's box head
+    (inverse-sigmoid + offset), detached between layers.
+
+    forward(memory, pos, key_padding_mask, spatial_shape, valid_ratios, box_logits, box_heads):
+        box_logits (N, 4): the learnt reference boxes before the sigmoid; box_heads: one MLP per layer
+    -> hs (L, B, N, C) the output of every layer, boxes (L, B, N, 4) its predicted boxes, cxcywh in [0, 1]."""
+
+    def __init__(self, decoder_layer, num_layers):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
+
+    def forward(self, memory, pos, key_padding_mask, spatial_shape, valid_ratios, box_logits, box_heads):
+        B, _, C = memory.shape
+        tgt = memory.new_zeros(B, box_logits.shape[0], C)                                 # (B, N, C)
+        box_logits = box_logits.expand(B, -1, -1)                                        # (B, N, 4)
+        reference_boxes = box_logits.sigmoid()
+        hs, boxes = [], []
+        for layer, box_head in zip(self.layers, box_heads):
+            tgt = layer(tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios)
+            offset = box_head(tgt)                                                       # (B, N, 4)
+            hs.append(tgt)
+            boxes.append((inverse_sigmoid(reference_boxes) + offset).sigmoid())
+            box_logits = (box_logits + offset).detach()
+            reference_boxes = box_logits.sigmoid()
+        return torch.stack(hs), torch.stack(boxes)
+
+
+class Transformer(nn.Module):
+    """Encoder + decoder. forward(src, mask, pos, box_logits, box_heads): src (B, C, H, W) projected backbone
+    features, mask (B, H, W) True on padding, pos (B, HW, C) -> hs (L, B, N, C), boxes (L, B, N, 4)."""
+
+    def __init__(self, d_model=256, nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=2048, dropout=0.1,
+                 smca=False, ops="fused"):
+        super().__init__()
+        self.d_model = d_model
+        self.encoder = TransformerEncoder(TransformerEncoderLayer(d_model, nheads, dim_feedforward, dropout),
+                                          enc_layers)
+        self.decoder = TransformerDecoder(
+            TransformerDecoderLayer(d_model, nheads, dim_feedforward, dropout, smca, ops), dec_layers)
+        for name, p in self.named_parameters():
+            # xavier as DETR, except the aligner's zero-initialised last point layer
+            if p.dim() > 1 and "point_mlp.6." not in name:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src, mask, pos, box_logits, box_heads):
+        B, C, H, W = src.shape
+        valid_ratios = torch.stack(((~mask[:, 0, :]).sum(1).float() / W,
+                                    (~mask[:, :, 0]).sum(1).float() / H), dim=-1).to(src.dtype)  # (B, 2) w, h
+        key_padding_mask = mask.flatten(1)                                                 # (B, HW)
+        memory = self.encoder(src.flatten(2).transpose(1, 2), pos, key_padding_mask)       # (B, HW, C)
+        return self.decoder(memory, pos, key_padding_mask, (H, W), valid_ratios, box_logits, box_heads)
+
+
+def build_transformer(cfg):
+    return Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
+                       cfg.dropout, cfg.smca, cfg.ops)
