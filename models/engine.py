@@ -77,8 +77,8 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
         loss_dict = criterion(_to_float32(outputs), targets)
         loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
 
-        logged = _mean_over_ranks({k: float(v) for k, v in loss_dict.items() if k in weight_dict}
-                                  | {"loss": float(loss)})
+        logged = _mean_over_ranks({k: v.item() for k, v in loss_dict.items() if k in weight_dict}
+                                  | {"loss": loss.item()})
         if not math.isfinite(logged["loss"]):
             raise FloatingPointError(f"epoch {epoch}, step {steps}: loss is {logged['loss']}, stopping training; "
                                      f"losses: {logged}")

@@ -12,7 +12,8 @@ import os
 import sys
 
 import torch
-from torchvision.io import ImageReadMode, decode_image, write_png
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 from . import SAMDETRConfig, build
@@ -75,13 +76,14 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     for path in args.images:
         try:
-            image = decode_image(path, mode=ImageReadMode.RGB)
-        except (OSError, RuntimeError) as error:
+            with Image.open(path) as file:
+                image = F.pil_to_tensor(file.convert("RGB"))  # (3, H, W) uint8
+        except (OSError, UnidentifiedImageError) as error:
             print(f"skipping {path}: cannot decode it ({error})", file=sys.stderr)
             continue
         detection = predict(model, postprocess, image, image_scale, device)
         out_path = os.path.join(args.out, os.path.splitext(os.path.basename(path))[0] + ".png")
-        write_png(draw(image, detection, categories, args.threshold).cpu(), out_path)
+        F.to_pil_image(draw(image, detection, categories, args.threshold).cpu()).save(out_path)
         kept = int((detection["scores"] >= args.threshold).sum())
         print(f"{path}: {kept} detection(s) >= {args.threshold} -> {out_path}")
 

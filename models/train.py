@@ -37,7 +37,7 @@ ARCHITECTURE_FIELDS = ("num_classes", "hidden_dim", "nheads", "num_queries", "en
 def get_args_parser():
     parser = argparse.ArgumentParser("SAM-DETR training and evaluation", add_help=False)
     parser.add_argument("--lr", default=1e-4, type=float)
-    parser.add_argument("--lr_backbone", default=1e-5, type=float)
+    parser.add_argument("--lr_backbone", default=1e-5, type=float, help="0 freezes the whole backbone")
     parser.add_argument("--batch_size", default=2, type=int, help="images per process")
     parser.add_argument("--weight_decay", default=1e-4, type=float)
     parser.add_argument("--epochs", default=50, type=int)
@@ -93,6 +93,13 @@ def model_config(args, num_classes):
                          dim_feedforward=args.dim_feedforward, dropout=args.dropout, dilation=args.dilation,
                          smca=args.smca, input_proj_groupnorm=args.input_proj_groupnorm, aux_loss=args.aux_loss,
                          backbone_weights=args.backbone_weights, ops=args.ops)
+
+
+def freeze_backbone_unless_trained(model, lr_backbone):
+    """As the official code: the backbone trains only with a positive --lr_backbone (else no gradient flows into
+    it at all, which also skips its backward)."""
+    if lr_backbone <= 0:
+        model.backbone.requires_grad_(False)
 
 
 def set_loss_coefficients(criterion, args):
@@ -255,6 +262,7 @@ def main(args):
 
     model, criterion, postprocess = build(cfg)
     set_loss_coefficients(criterion, args)
+    freeze_backbone_unless_trained(model, args.lr_backbone)
     model.to(device)
     if checkpoint is not None:
         _load_model_state(model, checkpoint, cfg, args.resume)
@@ -271,7 +279,8 @@ def main(args):
         {"params": [p for n, p in model_without_ddp.named_parameters()
                     if n.startswith("backbone.") and p.requires_grad], "lr": args.lr_backbone},
     ]
-    optimizer = torch.optim.AdamW(param_groups, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW([g for g in param_groups if g["params"]], lr=args.lr,
+                                  weight_decay=args.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
