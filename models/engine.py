@@ -7,6 +7,7 @@ builds them; targets are dicts with "boxes" (K, 4) cxcywh in [0, 1], "labels" (K
 import contextlib
 import io
 import math
+import resource
 import time
 
 import torch
@@ -55,12 +56,19 @@ def _mean_over_ranks(values):
     return dict(zip(names, (stacked / dist.get_world_size()).tolist()))
 
 
+def peak_memory_mb(device):
+    """Peak memory so far: allocated by tensors on CUDA, resident set size of the process on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # Linux reports KiB
+
+
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max_norm=0.0, scaler=None,
                     amp_dtype=None, progress=True):
     """Trains one pass over `loader`. `amp_dtype` (torch.bfloat16 / torch.float16 / None) runs the model under
     autocast; `scaler` (a torch.amp.GradScaler, for float16) scales the loss. Returns {"loss", each weighted loss
-    of the last decoder layer, "lr", "lr_backbone", "epoch_time", "images_per_s", "steps"}: means over the epoch
-    and the ranks."""
+    of the last decoder layer, "lr", "lr_backbone", "epoch_time", "images_per_s", "steps", "peak_memory_mb"}: means
+    over the epoch and the ranks (images/s counts every rank's images; the memory is this rank's)."""
     model.train()
     criterion.train()
     weight_dict = criterion.weight_dict
@@ -108,7 +116,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
     # Per-layer auxiliary losses (loss_ce_0, ...) stay out of the summary: the last layer's and the total suffice.
     stats = {k: v / max(steps, 1) for k, v in sums.items() if k == "loss" or not k.rsplit("_", 1)[-1].isdigit()}
     stats.update(lr=optimizer.param_groups[0]["lr"], epoch_time=elapsed, images_per_s=images_seen / elapsed,
-                 steps=steps)
+                 steps=steps, peak_memory_mb=peak_memory_mb(device))
     if len(optimizer.param_groups) > 1:
         stats["lr_backbone"] = optimizer.param_groups[1]["lr"]
     return stats

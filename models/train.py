@@ -231,7 +231,8 @@ def _format_epoch(epoch, train_stats, test_stats):
     parts = [f"epoch {epoch}"]
     if train_stats:
         parts.append(f"loss {train_stats['loss']:.4f} lr {train_stats['lr']:.2e} "
-                     f"{train_stats['images_per_s']:.1f} img/s {train_stats['epoch_time']:.0f}s")
+                     f"{train_stats['images_per_s']:.1f} img/s {train_stats['epoch_time']:.0f}s "
+                     f"peak {train_stats['peak_memory_mb']:.0f} MiB")
     if test_stats:
         parts.append(f"AP {test_stats['AP']:.3f} AP50 {test_stats['AP50']:.3f}")
     return " | ".join(parts)
@@ -363,7 +364,7 @@ def main(args):
             write_curves(os.path.join(out_dir, "log.jsonl"), os.path.join(out_dir, "curves.png"))
         if rank == 0:
             print(_format_epoch(epoch, train_stats, test_stats), file=sys.stderr, flush=True)
-    if rank == 0 and test_stats is not None and not args.quiet:
+    if rank == 0 and test_stats is not None:
         print(test_stats["table"], end="")
     if distributed:
         dist.destroy_process_group()

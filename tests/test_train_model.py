@@ -213,11 +213,12 @@ def test_eval_of_an_official_checkpoint(coco_dir, one_epoch_run, tmp_path, capsy
 
 def test_predict_draws_pngs(coco_dir, one_epoch_run, tmp_path, capsys):
     from PIL import Image
+    from torchvision.transforms.v2.functional import pil_to_tensor
 
     from models.predict import main as predict_main
 
     def decode_image(path):
-        return torch.from_numpy(__import__("numpy").asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)
+        return pil_to_tensor(Image.open(path).convert("RGB"))
     images = sorted((coco_dir / "val2017").iterdir())[:2]
     predict_main([*map(str, images), "--checkpoint", str(one_epoch_run / "checkpoint.pth"), "--out",
                   str(tmp_path), "--threshold", "0.0", "--device", "cpu"])
