@@ -12,7 +12,8 @@ from .matcher import build_matcher
 
 class SetCriterion(nn.Module):
     """forward(outputs, targets) -> dict of losses: loss_ce, loss_bbox, loss_giou (+ _i for the auxiliary layer
-    i), and, for logging only (no gradient, not in weight_dict), class_error and cardinality_error.
+    i), and, for logging only (no gradient, not in weight_dict), class_error (final layer) and
+    cardinality_error (+ _i).
     The losses are normalised by the number of target boxes, averaged over processes under DDP.
     Labels lie in [0, num_classes); the total loss is sum(weight_dict[k] * losses[k])."""
 
@@ -46,10 +47,15 @@ class SetCriterion(nn.Module):
         else:
             correct = logits[batch_index, query_index].argmax(-1) == matched_labels
             class_error = 100 - 100 * correct.float().mean()
+        return {"class_error": class_error}
+
+    @torch.no_grad()
+    def cardinality_error(self, outputs, targets):
+        logits = outputs["pred_logits"]
         # queries predicted as objects: argmax not the last class, as the official logging counts them
         num_pred = (logits.argmax(-1) != logits.shape[-1] - 1).sum(1).float()
         num_targets = torch.as_tensor([len(t["labels"]) for t in targets], device=logits.device).float()
-        return {"class_error": class_error, "cardinality_error": F.l1_loss(num_pred, num_targets)}
+        return {"cardinality_error": F.l1_loss(num_pred, num_targets)}
 
     def forward(self, outputs, targets):
         num_boxes = torch.as_tensor([float(sum(len(t["labels"]) for t in targets))],
@@ -64,7 +70,8 @@ class SetCriterion(nn.Module):
         for suffix, layer_outputs in layers:
             indices = self.matcher(layer_outputs, targets)
             label_losses, labels_state = self.loss_labels(layer_outputs, targets, indices, num_boxes)
-            layer_losses = {**label_losses, **self.loss_boxes(layer_outputs, targets, indices, num_boxes)}
+            layer_losses = {**label_losses, **self.loss_boxes(layer_outputs, targets, indices, num_boxes),
+                            **self.cardinality_error(layer_outputs, targets)}
             if suffix == "":
                 layer_losses.update(self.logging_metrics(layer_outputs, targets, labels_state))
             losses.update({k + suffix: v for k, v in layer_losses.items()})

@@ -200,8 +200,9 @@ class Transformer(nn.Module):
 
     def forward(self, src, mask, pos, box_logits, box_heads):
         B, C, H, W = src.shape
-        valid_ratios = torch.stack(((~mask[:, 0, :]).sum(1).float() / W,
-                                    (~mask[:, :, 0]).sum(1).float() / H), dim=-1).to(src.dtype)  # (B, 2) w, h
+        ratio_dtype = torch.promote_types(src.dtype, torch.float32)                       # never bfloat16
+        valid_ratios = torch.stack(((~mask[:, 0, :]).sum(1).to(ratio_dtype) / W,
+                                    (~mask[:, :, 0]).sum(1).to(ratio_dtype) / H), dim=-1)  # (B, 2) w, h
         key_padding_mask = mask.flatten(1)                                                 # (B, HW)
         memory = self.encoder(src.flatten(2).transpose(1, 2), pos, key_padding_mask)       # (B, HW, C)
         return self.decoder(memory, pos, key_padding_mask, (H, W), valid_ratios, box_logits, box_heads)

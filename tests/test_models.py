@@ -1,0 +1,181 @@
+"""The SAM-DETR detector in models/: shape contracts of every variant, the padding mask, frozen parameters,
+fused ops = reference ops, postprocess, torch.compile and autocast. Small configurations throughout (the
+ResNet-50 dominates the time on CPU)."""
+import warnings
+
+import pytest
+import torch
+
+import models
+import samdetr_ops
+from models.transformer import TransformerDecoderLayer
+from helpers import generator
+
+SMALL = dict(num_classes=5, hidden_dim=64, nheads=4, num_queries=6, enc_layers=1, dec_layers=2, dim_feedforward=64)
+
+
+def build(**overrides):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the random-backbone warning
+        return models.build(models.SAMDETRConfig(**{**SMALL, **overrides}))
+
+
+def images_and_mask(g, B=2, H=64, W=96, dtype=torch.float32):
+    images = torch.randn(B, 3, H, W, generator=g, dtype=torch.float64).to(dtype)
+    mask = torch.zeros(B, H, W, dtype=torch.bool)
+    mask[1, :, W * 2 // 3:] = True     # the second image is 2/3 as wide and 3/4 as high
+    mask[1, H * 3 // 4:, :] = True
+    return images, mask
+
+
+def targets_for(B, num_classes=5):
+    boxes = [torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.25, 0.3, 0.2, 0.2]]), torch.tensor([[0.6, 0.4, 0.3, 0.5]])]
+    labels = [torch.tensor([1, num_classes - 1]), torch.tensor([2])]
+    return [{"labels": labels[b % 2], "boxes": boxes[b % 2]} for b in range(B)]
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(dilation=True), dict(smca=True),
+                                     dict(smca=True, dilation=True, input_proj_groupnorm=False, aux_loss=False)],
+                         ids=["R50", "DC5", "SMCA", "DC5-SMCA-noGN-noaux"])
+def test_shape_contract_loss_and_postprocess(variant):
+    model, criterion, postprocess = build(**variant)
+    images, mask = images_and_mask(generator("shapes", str(variant)))
+    out = model(images, mask)
+    B, Q, K, L = 2, SMALL["num_queries"], SMALL["num_classes"], SMALL["dec_layers"]
+    assert out["pred_logits"].shape == (B, Q, K) and out["pred_boxes"].shape == (B, Q, 4)
+    assert ((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)).all()
+    if variant.get("aux_loss", True):
+        assert [tuple(a["pred_logits"].shape) for a in out["aux_outputs"]] == [(B, Q, K)] * (L - 1)
+    else:
+        assert "aux_outputs" not in out
+    losses = criterion(out, targets_for(B))
+    assert set(criterion.weight_dict) <= set(losses)
+    assert len(criterion.weight_dict) == 3 * (L if variant.get("aux_loss", True) else 1)
+    total = sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict)
+    assert torch.isfinite(total)
+    total.backward()
+    results = postprocess(out, torch.tensor([[64, 96], [48, 64]]))
+    assert [r["boxes"].shape for r in results] == [(min(100, Q * K), 4)] * B
+
+
+def test_mask_defaults_to_no_padding():
+    model, _, _ = build()
+    model.eval()
+    images, _ = images_and_mask(generator("nomask"))
+    a = model(images)
+    b = model(images, torch.zeros(2, 64, 96, dtype=torch.bool))
+    torch.testing.assert_close(a["pred_logits"], b["pred_logits"], atol=0, rtol=0)
+
+
+def test_frozen_parameters_get_no_gradient():
+    model, criterion, _ = build()
+    images, mask = images_and_mask(generator("frozen"))
+    losses = criterion(model(images, mask), targets_for(2))
+    sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict).backward()
+    for name, p in model.named_parameters():
+        trainable = not name.startswith("backbone.") or name.startswith(("backbone.body.layer2", "backbone.body.layer3",
+                                                                         "backbone.body.layer4"))
+        assert p.requires_grad == trainable, name
+        assert (p.grad is not None) == trainable, name
+    assert not any(b.requires_grad for b in model.backbone.buffers())  # FrozenBatchNorm2d: buffers only
+
+
+@pytest.mark.parametrize("smca", [False, True])
+def test_transformer_honours_padding(smca):
+    """A padded image gives the same decoder outputs as the same image cropped to its valid part, and the
+    memory under the mask can change freely: the encoder, the decoder's attention and the aligner's valid
+    ratios all honour the mask. Reference boxes stay at least a pixel inside the valid part (RoIAlign's
+    bilinear taps at a box edge reach the next pixel, as in the official code)."""
+    model, _, _ = build(smca=smca)
+    transformer = model.transformer.double().eval()
+    g = generator("padding", smca)
+    C, H, W, h, w = SMALL["hidden_dim"], 6, 8, 4, 5                       # valid part h x w of H x W
+    src = torch.randn(1, C, H, W, generator=g, dtype=torch.float64)
+    mask = torch.zeros(1, H, W, dtype=torch.bool)
+    mask[:, h:, :] = True
+    mask[:, :, w:] = True
+    centres = torch.rand(SMALL["num_queries"], 2, generator=g, dtype=torch.float64) * 0.3 + 0.35
+    sizes = torch.rand(SMALL["num_queries"], 2, generator=g, dtype=torch.float64) * 0.2 + 0.2
+    box_logits = torch.logit(torch.cat([centres, sizes], -1))   # boxes within [0.15, 0.85] of the valid part
+    heads = model.bbox_embed.double()                              # zero last layer: the boxes stay inside
+
+    def run(src, mask):
+        pos = model.position_embedding(mask).double()
+        return transformer(src, mask, pos, box_logits, heads)
+
+    hs, boxes = run(src, mask)
+    hs_crop, boxes_crop = run(src[..., :h, :w].contiguous(), mask[..., :h, :w].contiguous())
+    torch.testing.assert_close(hs, hs_crop, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(boxes, boxes_crop, atol=1e-12, rtol=1e-12)
+    changed = src + 100 * mask[:, None] * torch.randn(src.shape, generator=g, dtype=torch.float64)
+    hs_changed, _ = run(changed, mask)
+    torch.testing.assert_close(hs, hs_changed, atol=1e-10, rtol=1e-10)
+
+
+def test_fused_equals_reference_float64():
+    """ops="fused" and ops="reference" with the same weights: same outputs, losses and every parameter's
+    gradient, float64 (DC5 and SMCA, so every aligner path runs)."""
+    variant = dict(dilation=True, smca=True, dropout=0.0)
+    torch.manual_seed(0)
+    fused, criterion, _ = build(ops="fused", **variant)
+    reference, _, _ = build(ops="reference", **variant)
+    g = generator("fused-vs-reference")
+    with torch.no_grad():   # random values in the zero-initialised layers, so that the points move
+        for name, p in fused.named_parameters():
+            if "point_mlp.6" in name or "bbox_embed" in name and "layers.2" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    reference.load_state_dict(fused.state_dict())
+    images, mask = images_and_mask(g, dtype=torch.float64)
+
+    def run(model):
+        model.double()
+        out = model(images, mask)
+        losses = criterion(out, targets_for(2))
+        total = sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict)
+        params = [p for p in model.parameters() if p.requires_grad]
+        return [out["pred_logits"], out["pred_boxes"], total] + list(torch.autograd.grad(total, params))
+
+    with samdetr_ops.use_backend("cpp"):
+        got = run(fused)
+    for a, b in zip(got, run(reference)):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
+def test_postprocess_boxes_in_pixels():
+    _, _, postprocess = build(num_classes=3)
+    logits = torch.full((1, 2, 3), -10.0)
+    logits[0, 1, 2] = 5.0                                            # query 1, class 2: the top score
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.25, 0.5, 0.5, 0.5]]])
+    result = postprocess({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[200, 400]]))[0]
+    assert result["labels"][0] == 2 and result["scores"].shape == (6,)
+    torch.testing.assert_close(result["scores"][0], torch.sigmoid(torch.tensor(5.0)))
+    torch.testing.assert_close(result["boxes"][0], torch.tensor([0.0, 50.0, 200.0, 150.0]))  # x1 y1 x2 y2
+
+
+@pytest.mark.parametrize("smca", [False, True])
+def test_decoder_layer_compiles_without_graph_break(smca):
+    """torch.compile(fullgraph=True) traces a whole decoder layer, the fused ops included (aot_eager: the
+    tracing is what is checked; the kernels stay the compiled extension's)."""
+    torch.manual_seed(0)
+    layer = TransformerDecoderLayer(32, 4, 32, 0.0, smca=smca).eval()
+    g = generator("compile", smca)
+    B, N, H, W, C = 2, 5, 4, 6, 32
+    args = (torch.randn(B, N, C, generator=g), torch.randn(B, H * W, C, generator=g),
+            torch.randn(B, H * W, C, generator=g), torch.zeros(B, H * W, dtype=torch.bool),
+            torch.rand(B, N, 4, generator=g) * 0.5 + 0.25, (H, W), torch.ones(B, 2))
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), layer(*args), atol=1e-5, rtol=1e-5)
+
+
+def test_autocast_bfloat16_runs_close_to_float32():
+    model, criterion, _ = build(dropout=0.0)
+    model.eval()
+    images, mask = images_and_mask(generator("autocast"))
+    expected = model(images, mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images, mask)
+        losses = criterion(out, targets_for(2))
+    assert out["pred_logits"].dtype == torch.bfloat16
+    sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict).backward()
+    # bfloat16 keeps 8 bits of mantissa through a ResNet-50 and 3 transformer layers: a loose bound
+    torch.testing.assert_close(out["pred_boxes"].float(), expected["pred_boxes"], atol=0.05, rtol=0.05)
