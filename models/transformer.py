@@ -119,15 +119,16 @@ class TransformerDecoderLayer(nn.Module):
         query_aligned, query_pos, points = aligned[:3]                                       # (B, N, M, C) x2
         q = self.ca_qcontent_proj(query_aligned) + self.ca_qpos_sine_proj(query_pos)          # (B, N, M, C)
 
-        # cross-attention: one key tensor serves every head (never expanded per head)
+        # cross-attention: one key tensor serves every head (never expanded per head); head-major query rows,
+        # so that the attention weights come out (B, M, N, HW), contiguous for the per-head value product
         k = self.ca_kcontent_proj(memory) + self.ca_kpos_sine_proj(pos)                       # (B, HW, C)
         v = self.ca_v_proj(memory)                                                           # (B, HW, C)
-        logits = torch.matmul(q.reshape(B, N * M, C) * C ** -0.5, k.transpose(1, 2))          # (B, N*M, HW)
+        q = q.transpose(1, 2).reshape(B, M * N, C) * C ** -0.5                               # (B, M*N, C)
+        logits = torch.matmul(q, k.transpose(1, 2))                                          # (B, M*N, HW)
         logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
         if self.smca:
             logits = logits + smca_bias(reference_boxes, points, aligned[3], spatial_shape, valid_ratios)
-        attn = F.dropout(logits.softmax(-1), p, self.training)
-        attn = attn.view(B, N, M, H * W).transpose(1, 2)                                    # (B, M, N, HW)
+        attn = F.dropout(logits.softmax(-1), p, self.training).view(B, M, N, H * W)
         v = v.view(B, H * W, M, C // M).transpose(1, 2)                                      # (B, M, HW, C/M)
         tgt2 = torch.matmul(attn, v).transpose(1, 2).reshape(B, N, C)                        # heads concatenated
         tgt = self.norm2(tgt + self.dropout2(self.cross_attn_out_proj(tgt2)))
@@ -139,18 +140,19 @@ class TransformerDecoderLayer(nn.Module):
 def smca_bias(reference_boxes, points, scales, spatial_shape, valid_ratios):
     """SMCA's Gaussian prior on the cross-attention logits of each head: -sum_xy ((p - (g + 0.5)) * s)^2 / 8 for
     the head's salient point p (feature pixels, valid-ratio scaled), pixel g and the head's predicted scale s.
-    x and y are separable, so it is built from (B, N, M, W) and (B, N, M, H) terms, never from per-pixel
-    distance vectors. reference_boxes (B, N, 4), points, scales (B, N, M, 2) -> (B, N*M, H*W)."""
+    x and y are separable, so it is built from (B, M, N, W) and (B, M, N, H) terms, never from per-pixel
+    distance vectors. reference_boxes (B, N, 4), points, scales (B, N, M, 2) -> (B, M*N, H*W), head-major."""
     H, W = spatial_shape
     B, N, M = points.shape[:3]
-    position = reference_boxes[:, :, None, :2] + 0.5 * reference_boxes[:, :, None, 2:] * points  # (B, N, M, 2)
-    px = position[..., 0] * W * valid_ratios[:, None, None, 0]                                     # (B, N, M)
+    points, scales = points.transpose(1, 2).contiguous(), scales.transpose(1, 2).contiguous()      # (B, M, N, 2)
+    position = reference_boxes[:, None, :, :2] + 0.5 * reference_boxes[:, None, :, 2:] * points     # (B, M, N, 2)
+    px = position[..., 0] * W * valid_ratios[:, None, None, 0]                                     # (B, M, N)
     py = position[..., 1] * H * valid_ratios[:, None, None, 1]
     gx = torch.arange(W, dtype=px.dtype, device=px.device) + 0.5                                   # (W,)
     gy = torch.arange(H, dtype=py.dtype, device=py.device) + 0.5
-    dx = (px[..., None] - gx).square() * scales[..., 0:1].square()                                 # (B, N, M, W)
-    dy = (py[..., None] - gy).square() * scales[..., 1:2].square()                                 # (B, N, M, H)
-    return ((dy[..., :, None] + dx[..., None, :]) / -8.0).view(B, N * M, H * W)
+    dx = (px[..., None] - gx).square() * scales[..., 0:1].square()                                 # (B, M, N, W)
+    dy = (py[..., None] - gy).square() * scales[..., 1:2].square()                                 # (B, M, N, H)
+    return ((dy[..., :, None] + dx[..., None, :]) / -8.0).reshape(B, M * N, H * W)
 
 
 class TransformerDecoder(nn.Module):
