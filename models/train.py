@@ -43,31 +43,25 @@ def get_args_parser():
     parser.add_argument("--epochs", default=50, type=int)
     parser.add_argument("--lr_drop", default=40, type=int)
     parser.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm (0: off)")
-    # Model
+    # Model: SAMDETRConfig's fields, with its (the official) defaults
+    config = SAMDETRConfig()
+    for name in ("enc_layers", "dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries"):
+        parser.add_argument(f"--{name}", default=getattr(config, name), type=int)
+    parser.add_argument("--dropout", default=config.dropout, type=float)
     parser.add_argument("--dilation", action="store_true", help="DC5: dilation instead of stride in layer4")
-    parser.add_argument("--enc_layers", default=6, type=int)
-    parser.add_argument("--dec_layers", default=6, type=int)
-    parser.add_argument("--dim_feedforward", default=2048, type=int)
-    parser.add_argument("--hidden_dim", default=256, type=int)
-    parser.add_argument("--dropout", default=0.1, type=float)
-    parser.add_argument("--nheads", default=8, type=int)
-    parser.add_argument("--num_queries", default=300, type=int)
     parser.add_argument("--smca", action="store_true", help="SMCA's Gaussian prior in the cross-attention")
     parser.add_argument("--no_input_proj_groupnorm", dest="input_proj_groupnorm", action="store_false",
                         help="input projection without its GroupNorm (the official long-schedule form)")
     parser.add_argument("--no_aux_loss", dest="aux_loss", action="store_false",
                         help="loss on the last decoder layer only")
     parser.add_argument("--backbone_weights", default=None, help="local torchvision resnet50 state dict")
-    parser.add_argument("--ops", default="fused", choices=("fused", "reference"),
+    parser.add_argument("--ops", default=config.ops, choices=("fused", "reference"),
                         help="aligner ops: samdetr_ops kernels or the unfused official sequence")
-    # Matcher and loss coefficients
-    parser.add_argument("--set_cost_class", default=2.0, type=float)
-    parser.add_argument("--set_cost_bbox", default=5.0, type=float)
-    parser.add_argument("--set_cost_giou", default=2.0, type=float)
-    parser.add_argument("--cls_loss_coef", default=2.0, type=float)
-    parser.add_argument("--bbox_loss_coef", default=5.0, type=float)
-    parser.add_argument("--giou_loss_coef", default=2.0, type=float)
-    parser.add_argument("--focal_alpha", default=0.25, type=float)
+    # Matcher costs and loss weights (the official defaults)
+    for name, default in (("set_cost_class", 2.0), ("set_cost_bbox", 5.0), ("set_cost_giou", 2.0),
+                          ("cls_loss_coef", 2.0), ("bbox_loss_coef", 5.0), ("giou_loss_coef", 2.0),
+                          ("focal_alpha", 0.25)):
+        parser.add_argument(f"--{name}", default=default, type=float)
     # Data
     parser.add_argument("--coco_path", type=str, default="data/coco")
     parser.add_argument("--image_scale", default=1.0, type=float,
@@ -88,11 +82,10 @@ def get_args_parser():
 
 
 def model_config(args, num_classes):
-    return SAMDETRConfig(num_classes=num_classes, hidden_dim=args.hidden_dim, nheads=args.nheads,
-                         num_queries=args.num_queries, enc_layers=args.enc_layers, dec_layers=args.dec_layers,
-                         dim_feedforward=args.dim_feedforward, dropout=args.dropout, dilation=args.dilation,
-                         smca=args.smca, input_proj_groupnorm=args.input_proj_groupnorm, aux_loss=args.aux_loss,
-                         backbone_weights=args.backbone_weights, ops=args.ops)
+    """SAMDETRConfig from the arguments of the same names."""
+    return SAMDETRConfig(num_classes=num_classes, **{field.name: getattr(args, field.name)
+                                                     for field in dataclasses.fields(SAMDETRConfig)
+                                                     if field.name != "num_classes"})
 
 
 def freeze_backbone_unless_trained(model, lr_backbone):
