@@ -45,8 +45,12 @@ build: $(BUILT)
 test: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
+# The op microbenchmark, then one SAM-DETR training step and inference, fused vs reference ops (benchmarks/
+# bench_model.py; BENCH_MODEL_ARGS="--repeats 2" for a quicker run, SKIP_MODEL_BENCH=1 to leave it out).
+BENCH_MODEL_ARGS ?=
 bench: build
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
+	$(if $(SKIP_MODEL_BENCH),,$(PY) -m benchmarks.bench_model $(BENCH_MODEL_ARGS))
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .
