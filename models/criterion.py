@@ -1,8 +1,8 @@
 """SAM-DETR's set loss: Hungarian matching, then sigmoid focal loss on the classes and L1 + GIoU on the matched
 boxes, on the final and (aux_loss) every intermediate decoder layer."""
 import torch
-import torch.nn.functional as F
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 

@@ -97,7 +97,7 @@ class PostProcess(nn.Module):
         boxes = box_cxcywh_to_xyxy(boxes).gather(1, (index // K)[..., None].expand(-1, -1, 4))  # (B, T, 4)
         height, width = torch.as_tensor(target_sizes, device=boxes.device).to(boxes.dtype).unbind(1)
         boxes = boxes * torch.stack((width, height, width, height), dim=1)[:, None, :]
-        return [{"scores": s, "labels": l, "boxes": b} for s, l, b in zip(scores, index % K, boxes)]
+        return [{"scores": s, "labels": c, "boxes": b} for s, c, b in zip(scores, index % K, boxes)]
 
 
 def build_postprocess(cfg=None):

@@ -17,7 +17,6 @@ import json
 import os
 import random
 import sys
-import time
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import SAMDETRConfig, build
 from .datasets import InputError, build_dataset, collate_fn
-from .engine import COCO_STAT_NAMES, evaluate, is_main_process, train_one_epoch
+from .engine import COCO_STAT_NAMES, evaluate, train_one_epoch
 
 CHECKPOINT_FORMAT = "samdetr_ops.models.train/1"
 # SAMDETRConfig fields that define the architecture: a checkpoint only loads into a model built with the same.

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 import samdetr_ops
+
 from . import reference
 
 OPS = {"fused": samdetr_ops, "reference": reference}

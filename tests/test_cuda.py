@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import samdetr_ops
-from samdetr_ops import reference
 from helpers import HAS_CUDA, generator, make_boxes, make_cxcywh, make_features, make_points, randn
+from samdetr_ops import reference
 
 OPS = ("roi_align", "semantic_align", "salient_point_pos_embed")
 BUILT_WITH_CUDA = HAS_CUDA or os.environ.get("FORCE_CUDA") == "1"

@@ -8,8 +8,8 @@ import torch
 
 import models
 import samdetr_ops
-from models.transformer import TransformerDecoderLayer
 from helpers import generator
+from models.transformer import TransformerDecoderLayer
 
 SMALL = dict(num_classes=5, hidden_dim=64, nheads=4, num_queries=6, enc_layers=1, dec_layers=2, dim_feedforward=64)
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision
 
 import samdetr_ops
-from samdetr_ops.nn import SemanticAligner
 from helpers import DEVICES, generator, make_cxcywh, randn
+from samdetr_ops.nn import SemanticAligner
 
 
 def official_aligner(block, memory_tokens, H, W, reference_boxes, tgt, valid_ratios):

@@ -6,9 +6,19 @@ import pytest
 import torch
 
 import samdetr_ops
+from helpers import (
+    BACKWARD_TOL,
+    FORWARD_TOL,
+    HAS_CUDA,
+    assert_close,
+    generator,
+    make_boxes,
+    make_features,
+    make_points,
+    randn,
+    use,
+)
 from samdetr_ops import reference
-from helpers import (BACKWARD_TOL, FORWARD_TOL, HAS_CUDA, assert_close, generator, make_boxes, make_features,
-                     make_points, randn, use)
 
 # The compiled kernels on CPU (and CUDA when present); the Triton kernels through the interpreter on CPU (small
 # shapes keep that fast) or compiled on CUDA.
@@ -90,7 +100,7 @@ def test_non_square_gradcheck_float64():
     with use("cpp"):
         assert torch.autograd.gradcheck(lambda f: samdetr_ops.roi_align(f, boxes, (2, 3)), (features,))
         assert torch.autograd.gradcheck(
-            lambda f, p, l: samdetr_ops.semantic_align(f, boxes, p, l, (4, 2)), (features, points, logits))
+            lambda f, p, w: samdetr_ops.semantic_align(f, boxes, p, w, (4, 2)), (features, points, logits))
 
 
 @pytest.mark.parametrize("output_size", [0, (0, 3), (3,), (2, 3, 4), 2.5, (2.0, 3), "7", True])

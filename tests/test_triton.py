@@ -9,9 +9,18 @@ import pytest
 import torch
 
 import samdetr_ops
+from helpers import (
+    BACKWARD_TOL,
+    FORWARD_TOL,
+    assert_close,
+    generator,
+    make_boxes,
+    make_cxcywh,
+    make_features,
+    make_points,
+    randn,
+)
 from samdetr_ops import reference
-from helpers import (BACKWARD_TOL, FORWARD_TOL, assert_close, generator, make_boxes, make_cxcywh, make_features,
-                     make_points, randn)
 
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,8 +8,18 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
-from ._common import (alert_atomic_scatter, autotune_configs, bin_scatter, bin_sum, feature_grad,
-                      feature_grad_accumulator, fixed_config, grid_corner, program_index, roi_geometry)
+from ._common import (
+    alert_atomic_scatter,
+    autotune_configs,
+    bin_scatter,
+    bin_sum,
+    feature_grad,
+    feature_grad_accumulator,
+    fixed_config,
+    grid_corner,
+    program_index,
+    roi_geometry,
+)
 from .roi_align import acc_dtype
 
 
