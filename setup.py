@@ -37,10 +37,11 @@ def _cpu_vector_flags() -> list:
     SAMDETR_CPU_CAPABILITY=DEFAULT builds for an older CPU than the building machine's."""
     isa = os.environ.get("SAMDETR_CPU_CAPABILITY") or (
         "AVX2" if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") else "DEFAULT")
+    quiet = ["-Wno-unknown-pragmas"]  # ATen's vector headers' `#pragma unroll`, once per use otherwise
     if isa == "AVX2":
-        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+        return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"] + quiet
     if isa == "DEFAULT":
-        return ["-DCPU_CAPABILITY=DEFAULT"]
+        return ["-DCPU_CAPABILITY=DEFAULT"] + quiet
     raise RuntimeError(f"SAMDETR_CPU_CAPABILITY must be AVX2 or DEFAULT, got {isa!r}")
 
 

@@ -21,8 +21,9 @@ at::Tensor roi_align_forward(const at::Tensor& features, const at::Tensor& boxes
   check_cpu_dtype("roi_align", features, "features");
   const int64_t B = features.size(0), C = features.size(1), H = features.size(2), W = features.size(3);
   const int64_t N = boxes.size(1), SW = pooled.w, bins_per_roi = pooled.h * pooled.w;
-  at::Tensor out = at::zeros({B, N, C, pooled.h, pooled.w}, features.options());
-  if (out.numel() == 0 || H == 0 || W == 0) return out;
+  // Every element is written below (empty boxes give zero bins): no zero fill unless nothing is computed.
+  at::Tensor out = at::empty({B, N, C, pooled.h, pooled.w}, features.options());
+  if (out.numel() == 0 || H == 0 || W == 0) return out.zero_();
   // No copy when features already are channels-last, e.g. a (B, H*W, C) token tensor viewed as (B, C, H, W).
   const at::Tensor feat = features.contiguous(at::MemoryFormat::ChannelsLast);
   const at::Tensor box = boxes.contiguous();
@@ -63,14 +64,15 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& b
   at::Tensor grad_features =
       zeros_channels_last({B, C, H, W}, grad_output.options());
   if (grad_features.numel() == 0 || N == 0) return grad_features;
-  // (B, N, S_h, S_w, C): each bin's channel vector contiguous, as the scatter walks channels.
-  const at::Tensor grad_t = grad_output.permute({0, 1, 3, 4, 2}).contiguous();
+  // (B, N, C, S_h, S_w) read in place: a task gathers its channel block of a bin at stride S_h*S_w, and the
+  // block's bins of one RoI (a few KB) stay in cache across the bin loop, so no channels-last copy is needed.
+  const at::Tensor grad_c = grad_output.contiguous();
   const at::Tensor box = boxes.contiguous();
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
   at::Tensor grad_acc = accumulation_buffer(grad_features);
   SAMDETR_DISPATCH_CPU_TYPES(grad_output.scalar_type(), "samdetr_roi_align_backward_cpu", [&] {
     using acc_t = acc_type<scalar_t>;
-    const scalar_t* grad_ptr = grad_t.const_data_ptr<scalar_t>();
+    const scalar_t* grad_ptr = grad_c.const_data_ptr<scalar_t>();
     const scalar_t* box_ptr = box.const_data_ptr<scalar_t>();
     acc_t* gfeat_ptr = grad_acc.mutable_data_ptr<acc_t>();
     at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -84,8 +86,9 @@ at::Tensor roi_align_backward(const at::Tensor& grad_output, const at::Tensor& b
               box_geometry<acc_t>(box_ptr + (b * N + n) * 4, spatial_scale, pooled, sampling_ratio, aligned);
           if (g.grid_h == 0 || g.grid_w == 0) continue;
           for (int64_t bin = 0; bin < bins_per_roi; ++bin) {
-            const scalar_t* src = grad_ptr + ((b * N + n) * bins_per_roi + bin) * C + c0;
-            for (int64_t c = 0; c < c1 - c0; ++c) grad_bin[c] = static_cast<acc_t>(src[c]) * g.inv_count;
+            const scalar_t* src = grad_ptr + ((b * N + n) * C + c0) * bins_per_roi + bin;
+            for (int64_t c = 0; c < c1 - c0; ++c)
+              grad_bin[c] = static_cast<acc_t>(src[c * bins_per_roi]) * g.inv_count;
             bin_scatter(g, bin / SW, bin % SW, gfeat_b, H, W, C, c0, c1, grad_bin.data());
           }
         }
