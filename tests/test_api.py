@@ -81,7 +81,9 @@ def test_bad_input_raises_a_clear_error(backend, call, error, message):
      r"`features` must be a floating-point tensor"),
     (lambda g: torch.ops.samdetr_ops.roi_align_backward(torch.randn(2, 3, 4, 7, 7), g["boxes"], [2, 4, 6], 7, 1.0, -1,
                                                         True), ValueError, r"`feature_shape` must be \(B, C, H, W\)"),
-], ids=["roi", "semantic", "pos", "integer", "feature-shape"])
+    (lambda g: torch.ops.samdetr_ops.roi_align(g["features"].to(torch.float8_e5m2), g["boxes"].to(torch.float8_e5m2)),
+     TypeError, r"the CPU kernel supports float32, float64, float16 and bfloat16"),
+], ids=["roi", "semantic", "pos", "integer", "feature-shape", "float8"])
 def test_direct_op_calls_are_checked_in_cpp(call, error, message):
     """torch.ops.samdetr_ops.* bypasses the Python checks: the kernels check again, and never read out of bounds."""
     with pytest.raises(error, match=message):

@@ -11,9 +11,19 @@ import pytest
 import torch
 
 import samdetr_ops
+from helpers import (
+    BACKWARD_TOL,
+    FORWARD_TOL,
+    assert_close,
+    generator,
+    make_boxes,
+    make_cxcywh,
+    make_features,
+    make_points,
+    randn,
+    use,
+)
 from samdetr_ops import reference
-from helpers import (BACKWARD_TOL, FORWARD_TOL, assert_close, generator, make_boxes, make_cxcywh, make_features,
-                     make_points, randn, use)
 
 DTYPES = [pytest.param(torch.float16, id="f16"), pytest.param(torch.bfloat16, id="bf16")]
 UNIT_ROUNDOFF = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
