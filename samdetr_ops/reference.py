@@ -11,12 +11,14 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
+from . import _checks
+
 
 def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=-1, aligned=True):
     """features (B, C, H, W), boxes (B, N, 4) x1 y1 x2 y2 in input pixels -> (B, N, C, S_h, S_w)."""
     B, N = boxes.shape[:2]
     C, H, W = features.shape[1:]
-    S_h, S_w = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+    S_h, S_w = _checks.pooled_size("roi_align", output_size)  # an int S or an (h, w) pair, as torchvision
     if B == 0 or H == 0 or W == 0:
         # torchvision takes no empty box list and reads out of bounds on an empty map; the answer is zeros.
         # (+ features.sum(), itself 0 here, keeps the result on the autograd graph.)
