@@ -11,8 +11,8 @@ import torch
 import samdetr_ops
 from helpers import (
     BACKWARD_TOL,
-    FORWARD_TOL,
     assert_close,
+    check_against_reference,
     generator,
     make_boxes,
     make_cxcywh,
@@ -20,7 +20,6 @@ from helpers import (
     make_points,
     randn,
 )
-from samdetr_ops import reference
 
 triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,17 +27,9 @@ pytestmark = pytest.mark.skipif(DEVICE == "cpu" and os.environ.get("TRITON_INTER
                                 reason="Triton on CPU needs TRITON_INTERPRET=1")
 
 
-def _check(op, inputs, grad_index, dtype, args=()):
-    xs = [t.detach().requires_grad_(i in grad_index) for i, t in enumerate(inputs)]
-    with samdetr_ops.use_backend("triton"):
-        out = getattr(samdetr_ops, op)(*xs, *args)
-    expected = getattr(reference, op)(*xs, *args)
-    assert out.shape == expected.shape and out.dtype == expected.dtype
-    assert_close(out, expected, FORWARD_TOL[dtype], f"{op} forward")
-    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=dtype).to(out.device)
-    wrt = [xs[i] for i in grad_index]
-    for i, a, b in zip(grad_index, torch.autograd.grad(out, wrt, grad), torch.autograd.grad(expected, wrt, grad)):
-        assert_close(a, b, BACKWARD_TOL[dtype], f"{op} grad of input {i}")
+def _check(op, inputs, args=()):
+    """The op on the Triton backend against its reference: output and every gradient (helpers' shared checker)."""
+    check_against_reference(op, inputs, args, backend="triton")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -50,7 +41,7 @@ def test_roi_align(dtype, kind, layout, aligned, sampling_ratio, scale):
     B, C, H, W, N = 2, 6, 5, 7, 2
     features = make_features(g, B, C, H, W, layout, dtype, DEVICE)
     boxes = make_boxes(g, B, N, H, W, scale, kind, dtype, DEVICE)
-    _check("roi_align", [features, boxes], [0], dtype, (3, scale, sampling_ratio, aligned))
+    _check("roi_align", [features, boxes], (3, scale, sampling_ratio, aligned))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -64,7 +55,7 @@ def test_semantic_align(dtype, kind, spread, layout):
     boxes = make_boxes(g, B, N, H, W, 1.0, kind, dtype, DEVICE)
     points = make_points(g, B, N, M, spread, dtype, DEVICE)
     logits = randn(g, B, N, M, C).to(DEVICE, dtype)
-    _check("semantic_align", [features, boxes, points, logits], [0, 2, 3], dtype, (4,))
+    _check("semantic_align", [features, boxes, points, logits], (4,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
@@ -74,7 +65,7 @@ def test_salient_point_pos_embed(dtype, D):
     B, N, M = 2, 3, 4
     inputs = [make_cxcywh(g, B, N, dtype, DEVICE), make_points(g, B, N, M, 1.2, dtype, DEVICE),
               randn(g, B, N, M, D).to(DEVICE, dtype)]
-    _check("salient_point_pos_embed", inputs, [0, 1, 2], dtype, (20.0,))
+    _check("salient_point_pos_embed", inputs, (20.0,))
 
 
 @pytest.mark.parametrize("shape", [(0, 2, 3, 4, 4), (2, 0, 3, 4, 4), (2, 2, 3, 0, 4)], ids=str)
@@ -85,8 +76,8 @@ def test_zero_size(shape):
     boxes = make_boxes(g, B, N, max(H, 1), W, 1.0, "mixed", torch.float32, DEVICE)
     points = make_points(g, B, N, 3, 1.0, torch.float32, DEVICE)
     logits = randn(g, B, N, 3, C).to(DEVICE, torch.float32)
-    _check("roi_align", [features, boxes], [0], torch.float32, (3,))
-    _check("semantic_align", [features, boxes, points, logits], [0, 2, 3], torch.float32, (3,))
+    _check("roi_align", [features, boxes], (3,))
+    _check("semantic_align", [features, boxes, points, logits], (3,))
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter computes NaN * 0
@@ -192,8 +183,8 @@ def test_first_call_at_a_new_shape_gives_the_right_gradient():
     run once per config into the same buffer (the gradient would come back multiplied). C = 37 is used by no
     other test, so this is the first call for it."""
     inputs = _semantic_inputs("first call", C=37)
-    _check("semantic_align", inputs, [0, 2, 3], torch.float32, (3,))
-    _check("roi_align", inputs[:2], [0], torch.float32, (3,))
+    _check("semantic_align", inputs, (3,))
+    _check("roi_align", inputs[:2], (3,))
 
 
 def test_float64_scalars_keep_their_precision():
@@ -204,10 +195,10 @@ def test_float64_scalars_keep_their_precision():
     B, C, H, W, N, M = 1, 4, 9, 9, 3, 2
     features = make_features(g, B, C, H, W, "channels_last", torch.float64, DEVICE)
     boxes = make_boxes(g, B, N, H, W, 1 / 3, "mixed", torch.float64, DEVICE)
-    _check("roi_align", [features, boxes], [0], torch.float64, (3, 1 / 3, -1, True))
+    _check("roi_align", [features, boxes], (3, 1 / 3, -1, True))
     points = make_points(g, B, N, M, 1.0, torch.float64, DEVICE)
     inputs = [make_cxcywh(g, B, N, torch.float64, DEVICE), points, randn(g, B, N, M, 16).to(DEVICE, torch.float64)]
-    _check("salient_point_pos_embed", inputs, [0, 1, 2], torch.float64, (10000.0,))
+    _check("salient_point_pos_embed", inputs, (10000.0,))
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter computes NaN * 0
