@@ -43,7 +43,7 @@ semantic_align_forward_kernel(const scalar_t* __restrict__ features,  // (B, H, 
     acc_t l[VEC];
     load_vec<VEC>(logits + item * C + c, l);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) q[i] *= sigmoid(l[i]);
+    for (int i = 0; i < VEC; ++i) q[i] = reweight(q[i], l[i]);
     store_vec<VEC>(out + item * C + c, q);
   }
 }
