@@ -22,7 +22,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${GPU_PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS:-build tests memcheck initcheck racecheck synccheck bench}
+STEPS=${GPU_CHECK_STEPS:-build tests bench memcheck initcheck racecheck synccheck model}
+started=$(mktemp)  # files in results/ newer than this are this run's
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export FORCE_CUDA=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 results=benchmarks/results
@@ -40,9 +41,18 @@ wants() {  # a step runs when named, or when its group is (tests-cpp: "tests-cpp
   [[ " $STEPS " == *" $1 "* || " $STEPS " == *" ${1%%-*} "* ]]
 }
 
+# GPU_CHECK_DEADLINE=S: the whole run ends within S seconds (steps run in priority order; a step's budget is cut
+# to the time left and a step with under 20 s left is skipped), so that one device call always brings back a report.
+DEADLINE=${GPU_CHECK_DEADLINE:-0}
+
 run_step() {  # name, seconds allowed, command...
   local name=$1 budget=$2; shift 2
   wants "$name" || return 0
+  if (( DEADLINE > 0 )); then
+    local left=$((DEADLINE - SECONDS))
+    if (( left < 20 )); then summary+=("| $name | skipped (deadline) | 0 s | |"); return 0; fi
+    (( budget > left )) && budget=$left
+  fi
   local log="$logs/$name.log" start=$SECONDS
   echo "== $name (at most ${budget} s): $*"
   if timeout --signal=INT --kill-after=20 "$budget" "$@" >"$log" 2>&1; then
@@ -52,6 +62,8 @@ run_step() {  # name, seconds allowed, command...
     status=1
   fi
   tail -n 5 "$log"
+  [[ -n "${OUT:-}" ]] && cp -r "$logs" "$OUT/" 2>/dev/null  # the device tool brings back only what is under $OUT
+  return 0
 }
 
 SANITIZER=${COMPUTE_SANITIZER:-$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")}
@@ -59,12 +71,19 @@ CS="$SANITIZER --error-exitcode 1 --tool"
 SMOKE="$PY tests/sanitizer_smoke.py --device cuda"
 # pytest-xdist, where installed, spreads the suite (and its Triton compiles) over the cores
 XDIST=$($PY -c "import xdist" >/dev/null 2>&1 && echo "-n 8")
-# test_triton_compile.py compiles for sm_80/sm_90 without a GPU: CI's job, not this machine's
-PYTEST="$PY -m pytest tests -q -p no:cacheprovider --ignore=tests/test_triton_compile.py $XDIST"
-# sm_80 (A100) always, beside the visible card, so that one build checks both
-run_step build "${BUILD_SECONDS:-240}" env TORCH_CUDA_ARCH_LIST="8.0;$capability" $PY setup.py build_ext --inplace
-run_step tests-cpp "${TEST_CPP_SECONDS:-150}" $PYTEST -k "not triton"
-run_step tests-triton "${TEST_TRITON_SECONDS:-240}" $PYTEST -k "triton"
+# The files with CUDA cells (the model and training tests have none: they are CPU work, CI's job); the CPU cells in
+# these files run too, as a check of this machine's build. test_triton_compile.py compiles for sm_80/sm_90 without a
+# GPU: CI's job as well.
+OP_TESTS="tests/test_cuda.py tests/test_api.py tests/test_library.py tests/test_nn.py tests/test_output_size.py
+  tests/test_roi_align.py tests/test_semantic_align.py tests/test_pos_embed.py tests/test_ops_dropin.py"
+PYTEST="$PY -m pytest -q -p no:cacheprovider -rfE $XDIST"
+# sm_80 (A100) by default beside the visible card, so that one build checks both; GPU_ARCH_LIST narrows it
+run_step build "${BUILD_SECONDS:-240}" env TORCH_CUDA_ARCH_LIST="${GPU_ARCH_LIST:-8.0;$capability}" \
+  $PY setup.py build_ext --inplace
+run_step tests-cpp "${TEST_CPP_SECONDS:-150}" $PYTEST $OP_TESTS -k "not triton"
+run_step tests-triton "${TEST_TRITON_SECONDS:-240}" $PYTEST $OP_TESTS tests/test_triton.py -k "triton"
+run_step bench "${BENCH_SECONDS:-120}" $PY -m benchmarks.bench --device cuda --time-budget $((${BENCH_SECONDS:-120} - 30)) \
+  ${BENCH_ARGS:-}
 # Triton kernels JIT-compile per dtype and channel count, so their sanitizer runs get a smaller matrix
 run_step memcheck-cpp 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 $CS memcheck $SMOKE --backends cpp
 run_step memcheck-triton 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 $CS memcheck $SMOKE --backends triton \
@@ -73,7 +92,7 @@ run_step initcheck-cpp 60 $CS initcheck $SMOKE --backends cpp
 run_step initcheck-triton 60 $CS initcheck $SMOKE --backends triton --dtypes float32 --channels 13
 run_step racecheck 60 $CS racecheck $SMOKE --backends cpp
 run_step synccheck 40 $CS synccheck $SMOKE --backends cpp
-run_step bench "${BENCH_SECONDS:-120}" $PY -m benchmarks.bench --device cuda --time-budget 90 ${BENCH_ARGS:-}
+run_step model "${MODEL_SECONDS:-90}" $PY -m benchmarks.bench_model --device cuda --no-plot
 
 {
   echo "# gpu-check on $card (sm_${capability/./})"
@@ -90,6 +109,8 @@ run_step bench "${BENCH_SECONDS:-120}" $PY -m benchmarks.bench --device cuda --t
     wants $t && { echo "## compute-sanitizer $t"; echo '```'; grep -h "ERROR SUMMARY\|RACECHECK SUMMARY\|smoke" "$logs/$t.log"; echo '```'; }
   done
   wants bench && { echo "## benchmark"; echo '```'; sed -n '/^samdetr_ops benchmark/,$p' "$logs/bench.log"; echo '```'; }
+  wants model && { echo "## SAM-DETR model benchmark"; echo '```'; tail -n 25 "$logs/model.log"; echo '```'; }
 } >"$report"
 echo "report: $report"
+[[ -n "${OUT:-}" ]] && find "$results" -maxdepth 1 -type f -newer "$started" -exec cp {} "$OUT/" \;
 exit $status
