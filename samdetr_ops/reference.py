@@ -23,8 +23,16 @@ def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=
         # torchvision takes no empty box list and reads out of bounds on an empty map; the answer is zeros.
         # (+ features.sum(), itself 0 here, keeps the result on the autograd graph.)
         return features.new_zeros((B, N, C, S_h, S_w)) + features.sum()
-    rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), (S_h, S_w), spatial_scale, sampling_ratio,
-                                     aligned)
+    geometry = ((S_h, S_w), spatial_scale, sampling_ratio, aligned)
+    try:
+        rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), *geometry)
+    except NotImplementedError:
+        # Older torchvision builds have no bfloat16 CUDA roi_align (0.26 on the GPU machine, 2026-11): compute it
+        # in float32, as autocast would, and return the input's dtype.
+        if features.dtype not in (torch.float16, torch.bfloat16):
+            raise
+        rois = torchvision.ops.roi_align(features.float(), list(boxes.float().unbind(0)), *geometry)
+        rois = rois.to(features.dtype)
     return rois.view(B, N, C, S_h, S_w)
 
 

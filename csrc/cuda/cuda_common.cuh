@@ -129,22 +129,21 @@ __device__ __forceinline__ A item_sum(A v, A* scratch /* kThreads */, int lanes)
 
 // The feature gradient is scattered with atomics into an accumulator in the op-math type: the gradient tensor
 // itself for float32/float64, a float32 buffer for float16/bfloat16 (cast once at the end). The gradient is
-// allocated as the fake kernel allocates it (channels-last), so that its strides agree even for an empty map
-// (torch.compile checks them).
+// channels-last, as the fake kernel allocates it, so that its strides agree even for an empty map (torch.compile
+// checks them). The dense (B, H, W, C) accumulator is allocated first and the gradient is its permuted view:
+// at::zeros drops a memory format given in its TensorOptions, so a "channels-last" at::zeros is in fact
+// contiguous, and the kernels (which write the accumulator as dense (B, H, W, C)) scrambled the float32/float64
+// feature gradient. Found by the first run on a GPU (H200, 2026-11-26); test_cuda.py checks the strides now.
 struct FeatureGradAccumulator {
   at::Tensor grad;   // (B, C, H, W) channels-last, the op's result
-  at::Tensor accum;  // (B, H, W, C) dense, op-math dtype: a view of `grad` when no cast is needed
+  at::Tensor accum;  // (B, H, W, C) dense, op-math dtype: `grad` permuted when no cast is needed
 
   FeatureGradAccumulator(int64_t B, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
     const bool low_precision = options.dtype() == at::kHalf || options.dtype() == at::kBFloat16;
-    const at::TensorOptions channels_last = options.memory_format(at::MemoryFormat::ChannelsLast);
-    if (low_precision) {
-      grad = at::empty({B, C, H, W}, channels_last);
-      accum = at::zeros({B, H, W, C}, options.dtype(at::kFloat));
-    } else {
-      grad = at::zeros({B, C, H, W}, channels_last);
-      accum = grad.permute({0, 2, 3, 1});
-    }
+    accum = at::zeros({B, H, W, C}, low_precision ? options.dtype(at::kFloat) : options);
+    grad = low_precision ? at::empty({B, C, H, W}, options.memory_format(at::MemoryFormat::ChannelsLast))
+                         : accum.permute({0, 3, 1, 2});
+    TORCH_INTERNAL_ASSERT(accum.is_contiguous() && grad.is_contiguous(at::MemoryFormat::ChannelsLast));
   }
 
   at::Tensor finish() {
