@@ -6,6 +6,22 @@ from ._backend import resolve
 from ._registry import OPS, public
 
 
+def _autocast_device_types():
+    """Device types with an autocast mode, found once at import: torch.compile in torch 2.11 cannot trace
+    torch.amp.is_autocast_available (seen on the GPU machine), so _call looks the device type up in this set."""
+    found = set()
+    for device_type in ("cpu", "cuda", "xpu", "mps", "hpu", "mtia", "xla", "privateuseone"):
+        try:
+            if torch.amp.is_autocast_available(device_type):
+                found.add(device_type)
+        except RuntimeError:  # a device type this torch build does not know
+            pass
+    return frozenset(found)
+
+
+_AUTOCAST_DEVICE_TYPES = _autocast_device_types()
+
+
 def _call(op, *args):
     """Validates the arguments of registered op `op` and runs it on the current backend. Under torch.autocast the op
     computes in float32 (sampling positions and box coordinates need more than 8 bits of mantissa) and returns the
@@ -14,7 +30,7 @@ def _call(op, *args):
     first = args[0]
     if isinstance(first, torch.Tensor):  # else the check below names the bad argument
         device_type = first.device.type
-        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
             out_dtype = first.dtype
             args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
     OPS[op].check(*args)

@@ -79,8 +79,8 @@ def test_triton_ops_opcheck_and_compile():
     from samdetr_ops import triton as triton_backend  # noqa: F401  (registers samdetr_ops_triton::*)
     features, boxes, points, logits, cxcywh, embed_logits = _sample_inputs("cuda", torch.float32)
     ops = torch.ops.samdetr_ops_triton
-    torch.library.opcheck(ops.roi_align.default, (features, boxes, 4, 1.0, -1, True))
-    torch.library.opcheck(ops.semantic_align.default, (features, boxes, points, logits, 4, 1.0, -1, True))
+    torch.library.opcheck(ops.roi_align.default, (features, boxes, [4, 4], 1.0, -1, True))
+    torch.library.opcheck(ops.semantic_align.default, (features, boxes, points, logits, [4, 4], 1.0, -1, True))
     torch.library.opcheck(ops.salient_point_pos_embed.default, (cxcywh, points, embed_logits, 10000.0))
     inputs = (features, boxes, points, logits, cxcywh, embed_logits)
     differentiable = [t for t in inputs if t.requires_grad]

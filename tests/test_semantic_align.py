@@ -99,7 +99,10 @@ def test_partial_gradients(device, backend, wanted):
         if not w:
             assert (grad_computed == 0).all(), f"the gradient of `{name}` was computed though not requested"
     for grad_partial, grad_full in zip(partial, [f for f, w in zip(full, wanted) if w]):
-        assert torch.equal(grad_partial, grad_full)
+        if device == "cuda":  # the feature gradient is a sum of atomics in varying order: its last bits vary
+            torch.testing.assert_close(grad_partial, grad_full, rtol=1e-12, atol=1e-15)
+        else:
+            assert torch.equal(grad_partial, grad_full)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -130,20 +130,19 @@ __device__ __forceinline__ A item_sum(A v, A* scratch /* kThreads */, int lanes)
 // The feature gradient is scattered with atomics into an accumulator in the op-math type: the gradient tensor
 // itself for float32/float64, a float32 buffer for float16/bfloat16 (cast once at the end). The gradient is
 // channels-last, as the fake kernel allocates it, so that its strides agree even for an empty map (torch.compile
-// checks them). The dense (B, H, W, C) accumulator is allocated first and the gradient is its permuted view:
-// at::zeros drops a memory format given in its TensorOptions, so a "channels-last" at::zeros is in fact
-// contiguous, and the kernels (which write the accumulator as dense (B, H, W, C)) scrambled the float32/float64
-// feature gradient. Found by the first run on a GPU (H200, 2026-11-26); test_cuda.py checks the strides now.
+// checks them), and allocated with at::empty, which honours the memory format in its TensorOptions: at::zeros
+// drops it, and a "channels-last" at::zeros gradient, written by the kernels as dense (B, H, W, C), scrambled the
+// float32/float64 feature gradients (found by the first run on a GPU, an H200, 2026-11-26).
 struct FeatureGradAccumulator {
   at::Tensor grad;   // (B, C, H, W) channels-last, the op's result
   at::Tensor accum;  // (B, H, W, C) dense, op-math dtype: `grad` permuted when no cast is needed
 
   FeatureGradAccumulator(int64_t B, int64_t C, int64_t H, int64_t W, const at::TensorOptions& options) {
     const bool low_precision = options.dtype() == at::kHalf || options.dtype() == at::kBFloat16;
-    accum = at::zeros({B, H, W, C}, low_precision ? options.dtype(at::kFloat) : options);
-    grad = low_precision ? at::empty({B, C, H, W}, options.memory_format(at::MemoryFormat::ChannelsLast))
-                         : accum.permute({0, 3, 1, 2});
-    TORCH_INTERNAL_ASSERT(accum.is_contiguous() && grad.is_contiguous(at::MemoryFormat::ChannelsLast));
+    grad = at::empty({B, C, H, W}, options.memory_format(at::MemoryFormat::ChannelsLast));
+    accum = low_precision ? at::zeros({B, H, W, C}, options.dtype(at::kFloat)) : grad.permute({0, 2, 3, 1}).zero_();
+    // the kernels index accum as dense (B, H, W, C) (an empty map never reaches them)
+    TORCH_INTERNAL_ASSERT(accum.numel() == 0 || accum.is_contiguous());
   }
 
   at::Tensor finish() {
