@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import SAMDETRConfig, build
+from . import SAMDETRConfig
+from .builders import MODEL_BUILDERS, build_model, resolve_model_kind
 from .datasets import InputError, build_dataset, collate_fn
 from .engine import COCO_STAT_NAMES, evaluate, train_one_epoch
 
@@ -42,6 +43,8 @@ def get_args_parser():
     parser.add_argument("--epochs", default=50, type=int)
     parser.add_argument("--lr_drop", default=40, type=int)
     parser.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm (0: off)")
+    parser.add_argument("--model", default=None, choices=sorted(MODEL_BUILDERS),
+                        help="detector (default: the --resume checkpoint's, else sam_detr)")
     # Model: SAMDETRConfig's fields, with its (the official) defaults
     config = SAMDETRConfig()
     for name in ("enc_layers", "dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries"):
@@ -248,12 +251,13 @@ def main(args):
     reference_set = dataset_train or dataset_val
     categories = reference_set.categories
     checkpoint = load_checkpoint(args.resume) if args.resume else None
+    args.model = resolve_model_kind(args.model, checkpoint, args.resume)   # recorded in the checkpoints' args
     if checkpoint is not None and checkpoint.get("format") != CHECKPOINT_FORMAT:
         # An official checkpoint: its input projection form decides the architecture.
         args.input_proj_groupnorm = official_input_proj_groupnorm(checkpoint["model"])
     cfg = model_config(args, reference_set.num_classes)
 
-    model, criterion, postprocess = build(cfg)
+    model, criterion, postprocess = build_model(args.model, cfg)
     set_loss_coefficients(criterion, args)
     freeze_backbone_unless_trained(model, args.lr_backbone)
     model.to(device)

@@ -1,0 +1,159 @@
+"""DETR (Carion et al., ECCV 2020): the SAM-DETR paper's baseline, on our backbone, encoder, matcher, criterion
+and postprocess. Learnt query embeddings, a standard decoder (self-attention, then cross-attention with
+q = content + query embedding, k = memory + pixel position, v = memory), a final LayerNorm on every layer's output,
+class and box heads shared by all layers, boxes predicted directly (no reference box).
+
+One deliberate difference from the original: the classes are scored with sigmoid focal loss (our criterion, as
+Conditional/DAB/SAM-DETR), not softmax with a no-object class, so that every model of the convergence comparison
+trains with the same loss and matcher. Also the base class of the DAB-DETR models (models/dab_detr.py).
+B images, N queries, M heads, C channels, HW = H*W pixels of the feature map; tokens are batch-first."""
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbone import build_backbone
+from .criterion import build_criterion
+from .position_encoding import build_position_encoding
+from .sam_detr import build_postprocess
+from .transformer import MLP, TransformerEncoder, TransformerEncoderLayer
+
+
+class DETRDecoderLayer(nn.Module):
+    """Post-norm DETR decoder layer: self-attention (q = k = tgt + query_pos), cross-attention
+    (q = tgt + query_pos, k = memory + pos, v = memory), FFN."""
+
+    def __init__(self, d_model, nheads, dim_feedforward, dropout):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.dropout1 = nn.Dropout(dropout)
+        self.norm1 = nn.LayerNorm(d_model)
+        self.cross_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
+        self.dropout2 = nn.Dropout(dropout)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout_ffn = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.dropout3 = nn.Dropout(dropout)
+        self.norm3 = nn.LayerNorm(d_model)
+
+    def forward(self, tgt, memory, pos, key_padding_mask, query_pos):
+        """tgt, query_pos (B, N, C); memory, pos (B, HW, C); key_padding_mask (B, HW) True on padding -> (B, N, C)."""
+        q = k = tgt + query_pos
+        tgt2 = self.self_attn(q, k, tgt, need_weights=False)[0]
+        tgt = self.norm1(tgt + self.dropout1(tgt2))
+        tgt2 = self.cross_attn(tgt + query_pos, memory + pos, memory, key_padding_mask=key_padding_mask,
+                               need_weights=False)[0]
+        tgt = self.norm2(tgt + self.dropout2(tgt2))
+        tgt2 = self.linear2(self.dropout_ffn(F.relu(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout3(tgt2))
+
+
+class DETRTransformer(nn.Module):
+    """Our encoder + the DETR decoder. forward(src, mask, pos, query_embed): src (B, C, H, W), mask (B, H, W) True
+    on padding, pos (B, HW, C), query_embed (N, C) -> hs (L, B, N, C) every layer's output after the final norm."""
+
+    def __init__(self, d_model=256, nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=2048, dropout=0.1):
+        super().__init__()
+        self.d_model = d_model
+        self.encoder = TransformerEncoder(TransformerEncoderLayer(d_model, nheads, dim_feedforward, dropout),
+                                          enc_layers)
+        self.layers = nn.ModuleList(DETRDecoderLayer(d_model, nheads, dim_feedforward, dropout)
+                                    for _ in range(dec_layers))
+        self.norm = nn.LayerNorm(d_model)
+        xavier_init(self)
+
+    def forward(self, src, mask, pos, query_embed):
+        B = src.shape[0]
+        key_padding_mask = mask.flatten(1)                                                 # (B, HW)
+        memory = self.encoder(src.flatten(2).transpose(1, 2), pos, key_padding_mask)       # (B, HW, C)
+        query_pos = query_embed.expand(B, -1, -1)                                          # (B, N, C)
+        tgt = torch.zeros_like(query_pos)
+        hs = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, pos, key_padding_mask, query_pos)
+            hs.append(self.norm(tgt))
+        return torch.stack(hs)
+
+
+def xavier_init(transformer):
+    """xavier_uniform_ on every weight matrix, as DETR, except the Semantics Aligner's zero-initialised last point
+    layer (its points start at the box centres)."""
+    for name, p in transformer.named_parameters():
+        if p.dim() > 1 and "point_mlp.6." not in name:
+            nn.init.xavier_uniform_(p)
+
+
+class DETRBase(nn.Module):
+    """What DETR and DAB-DETR share: backbone -> input projection (GroupNorm as SAMDETRConfig says) -> position
+    embedding; one class head (bias at the focal-loss prior 0.01) and one box MLP (last layer zero) for every
+    decoder layer; the output dictionary."""
+
+    def __init__(self, backbone, position_embedding, transformer, num_classes, input_proj_groupnorm=True,
+                 aux_loss=True):
+        super().__init__()
+        hidden_dim = transformer.d_model
+        self.backbone, self.position_embedding, self.transformer = backbone, position_embedding, transformer
+        self.aux_loss = aux_loss
+        projection = [nn.Conv2d(backbone.num_channels, hidden_dim, 1)]
+        if input_proj_groupnorm:
+            projection.append(nn.GroupNorm(32, hidden_dim))
+        self.input_proj = nn.Sequential(*projection)
+        self.class_embed = nn.Linear(hidden_dim, num_classes)
+        nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
+        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
+        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
+        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
+
+    def encoder_inputs(self, images, mask):
+        """images (B, 3, H, W), mask (B, H, W) or None -> src (B, C, h, w), mask (B, h, w), pos (B, hw, C)."""
+        if mask is None:
+            mask = images.new_zeros(images.shape[0], *images.shape[2:], dtype=torch.bool)
+        features, mask = self.backbone(images, mask)                    # (B, 2048, h, w), (B, h, w)
+        src = self.input_proj(features)                                  # (B, C, h, w)
+        return src, mask, self.position_embedding(mask).to(src.dtype)
+
+    def detection_outputs(self, hs, boxes):
+        """hs (L, B, N, C), boxes (L, B, N, 4) -> the output dictionary documented on DETR.forward."""
+        logits = self.class_embed(hs)                                    # (L, B, N, K)
+        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
+        if self.aux_loss:
+            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
+        return out
+
+
+class DETR(DETRBase):
+    """forward(images, mask=None): images (B, 3, H, W), mask (B, H, W) bool, True on padding ->
+    {"pred_logits": (B, N, num_classes), "pred_boxes": (B, N, 4) cxcywh in [0, 1] of each image's valid size,
+     "aux_outputs": [{"pred_logits", "pred_boxes"}] of the other decoder layers (aux_loss)}."""
+
+    def __init__(self, backbone, position_embedding, transformer, num_classes, num_queries, input_proj_groupnorm=True,
+                 aux_loss=True):
+        super().__init__(backbone, position_embedding, transformer, num_classes, input_proj_groupnorm, aux_loss)
+        self.query_embed = nn.Embedding(num_queries, transformer.d_model)   # learnt query positions
+
+    def forward(self, images, mask=None):
+        src, mask, pos = self.encoder_inputs(images, mask)
+        hs = self.transformer(src, mask, pos, self.query_embed.weight)        # (L, B, N, C)
+        return self.detection_outputs(hs, self.bbox_embed(hs).sigmoid())
+
+
+def check_no_smca(cfg, name):
+    if cfg.smca:
+        raise ValueError(f"{name}: smca (SMCA's Gaussian prior) is a SAM-DETR option; build sam_detr for it")
+
+
+def build_detr(cfg):
+    """cfg: SAMDETRConfig (smca must be False; ops is unused) -> (model, criterion, postprocess)."""
+    check_no_smca(cfg, "detr")
+    transformer = DETRTransformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
+                                  cfg.dropout)
+    model = DETR(build_backbone(cfg), build_position_encoding(cfg), transformer, cfg.num_classes, cfg.num_queries,
+                 cfg.input_proj_groupnorm, cfg.aux_loss)
+    return model, build_criterion(cfg), build_postprocess(cfg)
+
+
+def clones(module, n):
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))
