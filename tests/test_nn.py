@@ -150,3 +150,31 @@ def test_last_point_layer_starts_at_zero_and_bad_ops_raise():
     assert block.point_mlp[-1].out_features == 16 and block.reweight_query.out_features == 4 * 32
     with pytest.raises(ValueError, match="ops must be one of"):
         SemanticAligner(d_model=32, ops="fast")
+
+
+def test_appended_denoising_queries_leave_the_matching_queries_unchanged():
+    """DN-DETR style: D denoising queries (noised ground-truth boxes) appended to the N matching queries; the
+    aligner just runs over the N + D queries, each query on its own, so the first N outputs (and their
+    gradients) are those of the matching queries alone, and the last D those of the denoising queries alone."""
+    g = generator("nn-denoising")
+    B, C, H, W, N, D, M = 2, 32, 9, 11, 6, 5, 4
+    torch.manual_seed(0)
+    block = SemanticAligner(d_model=C, num_points=M).double()
+    randomise_last_layer(block, g)
+    memory_tokens, boxes, query, valid_ratios = make_inputs(g, B, C, H, W, N + D, "cpu")
+    memory = memory_tokens.transpose(1, 2).view(B, C, H, W)
+
+    def run(select):
+        out = block(memory, boxes[:, select], query[:, select], valid_ratios)
+        return [x.detach() for x in out], torch.autograd.grad(sum(x.square().sum() for x in out[:2]),
+                                                              block.reweight_query.weight)[0]
+
+    together, gradient_together = run(slice(None))
+    matching, gradient_matching = run(slice(0, N))
+    denoising, gradient_denoising = run(slice(N, N + D))
+    assert [tuple(x.shape[:3]) for x in together] == [(B, N + D, M)] * 3
+    for both, first, last in zip(together, matching, denoising):
+        torch.testing.assert_close(both[:, :N], first, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(both[:, N:], last, atol=1e-12, rtol=1e-12)
+    # per-query sums: the N + D gradient is the sum of the two groups' gradients
+    torch.testing.assert_close(gradient_together, gradient_matching + gradient_denoising, atol=1e-10, rtol=1e-10)
