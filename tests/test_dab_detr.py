@@ -9,6 +9,7 @@ import torch
 import models
 import samdetr_ops
 from helpers import generator
+from test_models import images_and_mask
 from models import synthetic
 from models.builders import build_model
 from models.dab_detr import per_head_linear, split_heads
@@ -23,14 +24,6 @@ def build(kind, **overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-backbone warning
         return build_model(kind, models.SAMDETRConfig(**{**SMALL, **overrides}))
-
-
-def images_and_mask(g, B=2, H=64, W=96, dtype=torch.float32):
-    images = torch.randn(B, 3, H, W, generator=g, dtype=torch.float64).to(dtype)
-    mask = torch.zeros(B, H, W, dtype=torch.bool)
-    mask[1, :, W * 2 // 3:] = True     # the second image is 2/3 as wide and 3/4 as high
-    mask[1, H * 3 // 4:, :] = True
-    return images, mask
 
 
 TARGETS = [{"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.25, 0.3, 0.2, 0.2]])},
