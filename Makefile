@@ -24,7 +24,7 @@ endif
 # Tests and benchmarks import the in-place build from this checkout.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: test bench build gpu-check clean lint install-check torchvision-tests
+.PHONY: test bench build gpu-check clean lint install-check torchvision-tests convergence
 
 $(VENV)/.deps: Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,13 @@ BENCH_MODEL_ARGS ?=
 bench: build
 	$(PY) -m benchmarks.bench $(BENCH_ARGS)
 	$(if $(SKIP_MODEL_BENCH),,$(PY) -m benchmarks.bench_model $(BENCH_MODEL_ARGS))
+
+# DETR, DAB-DETR, DAB-DETR + aligner, SAM-DETR, SAM-DETR + SMCA trained alike on the synthetic dataset, 2 seeds:
+# AP per epoch in benchmarks/results/convergence-synthetic.{csv,png} (CPU, about 40 min on 2 busy cores;
+# CONVERGENCE_ARGS="--epochs 12 --train 200" for a longer run).
+CONVERGENCE_ARGS ?=
+convergence: build
+	nice $(PY) -m benchmarks.convergence $(CONVERGENCE_ARGS)
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check .

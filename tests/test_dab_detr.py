@@ -5,11 +5,11 @@ import warnings
 
 import pytest
 import torch
+from test_models import images_and_mask
 
 import models
 import samdetr_ops
 from helpers import generator
-from test_models import images_and_mask
 from models import synthetic
 from models.builders import build_model
 from models.dab_detr import per_head_linear, split_heads
