@@ -10,8 +10,9 @@ compared is how fast each decoder learns from them.
 
 Each run is a separate process (`--jobs` at a time, `--threads` torch threads each: on a shared machine one
 thread per process is much faster than oversubscribed cores); a run whose log already holds every epoch is not
-repeated. Writes benchmarks/results/convergence-<dataset>.csv (one row per model, seed and epoch) and .png (AP
-per epoch: the mean over seeds, the band from the lowest to the highest seed) and prints the final APs.
+repeated. Writes benchmarks/results/convergence-synthetic.csv (one row per model, seed and epoch) and .png (AP,
+AP50 and training loss per epoch: the mean over seeds, the band from the lowest to the highest seed) and prints
+the final values as a Markdown table.
 """
 import argparse
 import csv
@@ -100,23 +101,26 @@ def rows_of(logs):
 
 
 def plot(rows, path, title):
+    """AP, AP50 and the training loss per epoch: the mean over seeds, a band from the lowest to the highest seed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    metrics = (("AP", "COCO AP (val)"), ("AP50", "COCO AP50 (val)"), ("train_loss", "training loss (weighted sum)"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(15, 4.5))
     for name in dict.fromkeys(r["model"] for r in rows):
         epochs = sorted({r["epoch"] for r in rows if r["model"] == name})
-        for ax, metric in zip(axes, ("AP", "AP50")):
+        colour = None
+        for ax, (metric, _) in zip(axes, metrics):
             values = [[r[metric] for r in rows if r["model"] == name and r["epoch"] == e] for e in epochs]
-            line, = ax.plot(epochs, [statistics.mean(v) for v in values], marker="o", label=name)
-            ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2,
-                            color=line.get_color())
-    for ax, metric in zip(axes, ("AP", "AP50")):
+            line, = ax.plot(epochs, [statistics.mean(v) for v in values], marker="o", label=name, color=colour)
+            colour = line.get_color()
+            ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], alpha=0.2, color=colour)
+    for ax, (_, label) in zip(axes, metrics):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"COCO {metric} (val)")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -141,15 +145,16 @@ def main():
              f"{args.seeds}; {args.train_args}\n{command}; {platform.machine()} CPU, {args.jobs} runs x "
              f"{args.threads} thread(s)")
     plot(rows, stem + ".png", title)
-    print(f"{title}\nwall time {time.time() - started:.0f} s\n\n| model | final AP per seed | mean | mean AP50 |\n"
-          "|---|---|---|---|")
+    print(f"{title}\nwall time {time.time() - started:.0f} s\n\n"
+          "| model | final AP per seed | mean AP | mean AP50 | mean final training loss |\n|---|---|---|---|---|")
     last = max(r["epoch"] for r in rows)
     for name in args.models:
         final = [r for r in rows if r["model"] == name and r["epoch"] == last]
         if final:
             per_seed = ", ".join(f"{r['AP']:.3f}" for r in final)
-            print(f"| {name} | {per_seed} | "
-                  f"{statistics.mean(r['AP'] for r in final):.3f} | {statistics.mean(r['AP50'] for r in final):.3f} |")
+            print(f"| {name} | {per_seed} | {statistics.mean(r['AP'] for r in final):.3f} | "
+                  f"{statistics.mean(r['AP50'] for r in final):.3f} | "
+                  f"{statistics.mean(r['train_loss'] for r in final):.2f} |")
 
 
 if __name__ == "__main__":
