@@ -310,6 +310,7 @@ def test_sam_detr_runs_in_onnxruntime(sam_detr_export):
         # optimize=False: the graph optimiser (constant folding of the ResNet) doubles the export time; the op tests
         # export with it on
         program = samdetr_ops.onnx.export(exported, (), opset_version=18, optimize=False, verbose=False)
+    assert [value.name for value in program.model.graph.inputs] == ["images", "mask"]  # as the README feeds them
     for B, H, W in MODEL_RUN_SIZES:
         inputs = images_and_mask(generator("onnx sam_detr run", B, H, W), B, H, W)
         with torch.no_grad():
