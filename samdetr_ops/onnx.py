@@ -156,7 +156,8 @@ _TRANSLATIONS = {"roi_align": roi_align, "semantic_align": semantic_align,
 def translation_table():
     """{op overload: onnxscript function} for torch.onnx.export(..., dynamo=True, custom_translation_table=...):
     the forward ops of the compiled namespace (samdetr_ops, when the extension is built) and of the Triton one
-    (samdetr_ops_triton, when Triton imports)."""
+    (samdetr_ops_triton, when Triton imports). Without the extension the ops run the reference sequence
+    (torchvision's roi_align, grid_sample), which torch.onnx translates by itself."""
     namespaces = []
     if _ops.LOADED:
         namespaces.append(torch.ops.samdetr_ops)
