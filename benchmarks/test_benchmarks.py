@@ -1,7 +1,8 @@
 """The benchmark cases through pytest-benchmark: `pytest benchmarks/ --benchmark-only`.
 
 Same shapes (the quick preset's first), variants and modes as `python -m benchmarks.bench`, one pytest case
-each; every variant's output is checked against the eager reference before it is timed."""
+each; every variant's output (and, in forward+backward, its gradients) is checked against the eager reference
+before it is timed."""
 import pytest
 import torch
 
@@ -27,7 +28,7 @@ def test_benchmark(benchmark, op, variant, mode):
     if variant != "reference":
         _, reference_output, _ = bench.build_runner(op, available["reference"], SHAPE, DEVICE, torch.float32, mode,
                                                     INPUTS, {})
-        torch.testing.assert_close(first_output(), reference_output(), **bench.CHECK_TOL[torch.float32])
+        bench.check_outputs(first_output(), reference_output(), torch.float32)  # output and gradients
     if DEVICE.type == "cuda":
         def run():
             step()

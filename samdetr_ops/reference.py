@@ -24,15 +24,13 @@ def roi_align(features, boxes, output_size=7, spatial_scale=1.0, sampling_ratio=
         # (+ features.sum(), itself 0 here, keeps the result on the autograd graph.)
         return features.new_zeros((B, N, C, S_h, S_w)) + features.sum()
     geometry = ((S_h, S_w), spatial_scale, sampling_ratio, aligned)
-    try:
-        rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), *geometry)
-    except NotImplementedError:
-        # Older torchvision builds have no bfloat16 CUDA roi_align (0.26 on the GPU machine, 2026-11): compute it
-        # in float32, as autocast would, and return the input's dtype.
-        if features.dtype not in (torch.float16, torch.bfloat16):
-            raise
+    if features.dtype in (torch.float16, torch.bfloat16):
+        # Half precision is computed in float32 and rounded once, as autocast runs torchvision's roi_align and as
+        # our kernels accumulate; torchvision has no half/bfloat16 roi_align on some builds (0.26 on CUDA, 0.29 on
+        # CPU), and deciding by a failed call would not survive torch.compile.
         rois = torchvision.ops.roi_align(features.float(), list(boxes.float().unbind(0)), *geometry)
-        rois = rois.to(features.dtype)
+        return rois.to(features.dtype).view(B, N, C, S_h, S_w)
+    rois = torchvision.ops.roi_align(features, list(boxes.unbind(0)), *geometry)
     return rois.view(B, N, C, S_h, S_w)
 
 
