@@ -13,6 +13,7 @@ of OUT/log.jsonl (losses, lr, epoch time, images/s, the 12 COCO numbers) and OUT
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import random
@@ -24,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from . import SAMDETRConfig, build
-from .datasets import InputError, build_dataset, collate_fn
+from .datasets import InputError, build_dataset, collate_fn, max_image_size
 from .engine import COCO_STAT_NAMES, evaluate, train_one_epoch
 
 CHECKPOINT_FORMAT = "samdetr_ops.models.train/1"
@@ -83,7 +84,8 @@ def get_args_parser():
     parser.add_argument("--eval", action="store_true", help="evaluate --resume on the val split and stop")
     parser.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                         help="autocast dtype (fp16 adds a GradScaler)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (every batch padded to one fixed size)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     return parser
 
@@ -290,9 +292,11 @@ def main(args):
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
     if args.compile:
-        # In place (the state dict keeps its names). dynamic=True: one graph for every image size, batch size and
-        # padding (DETR's random resizes change them each step); with the default, each new size recompiled.
-        model.compile(dynamic=True)
+        # In place (the state dict keeps its names), static shapes: the loaders pad every batch to one fixed
+        # canvas (see `collate` below), so the model compiles once for training and once per evaluation batch size.
+        # DETR's random resizes change the shape each step: with automatic dynamic shapes each size recompiled, and
+        # dynamic=True stopped Inductor (torch 2.14) on a stride comparison it could not decide symbolically.
+        model.compile(dynamic=False)
 
     param_groups = [
         {"params": [p for n, p in model_without_ddp.named_parameters()
@@ -305,12 +309,18 @@ def main(args):
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
+    # --compile: every batch padded to the largest image any transform of --image_scale produces (square), so
+    # that one input shape serves all steps. Boxes stay relative to each image's valid region and the mask covers
+    # the rest, as in any padded DETR batch; the cost is the padded pixels' compute.
+    canvas = (max_image_size(args.image_scale),) * 2 if args.compile else None
+    collate = functools.partial(collate_fn, canvas=canvas)
+
     def loader(dataset, shuffle, generator):
         # DistributedSampler also for one process: the same --seed then gives the same global batches for any
         # number of processes. The generator makes the workers' seeds a function of (seed, epoch) only.
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=args.seed)
         return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=shuffle,
-                          collate_fn=collate_fn, num_workers=args.num_workers, generator=generator,
+                          collate_fn=collate, num_workers=args.num_workers, generator=generator,
                           persistent_workers=False, pin_memory=device.type == "cuda")
 
     val_generator = torch.Generator()
