@@ -252,10 +252,12 @@ def test_dilation_needs_resnet50():
         Backbone(dilation=True, name="resnet18")
 
 
+@pytest.mark.skipif(os.environ.get("SAMDETR_SLOW_TESTS") != "1",
+                    reason="slow: Inductor compiles the training and evaluation graphs on the CPU (12 min on the "
+                           "shared 2-core machine, 5 min of CPU time, cold cache); SAMDETR_SLOW_TESTS=1 runs it")
 def test_compiled_training_runs(coco_dir, tmp_path):
-    """--compile (torch.compile, dynamic shapes) trains and evaluates: 4 steps of varied image sizes and one
-    evaluation, each compiled once. Slow on a CPU: Inductor compiles the forward and backward graphs (measured on
-    the shared 2-core machine: see the README)."""
+    """--compile (torch.compile, every batch padded to one canvas) trains and evaluates: 4 steps of varied image
+    sizes through one compiled graph, then one evaluation."""
     stats = main(run_args(coco_dir, tmp_path, "--epochs", "1", "--compile"))
     row, = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert row["train_steps"] == 4 and row["train_loss"] > 0 and 0 <= stats["AP"] <= 1
