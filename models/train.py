@@ -294,8 +294,9 @@ def main(args):
     if args.compile:
         # In place (the state dict keeps its names), static shapes: the loaders pad every batch to one fixed
         # canvas (see `collate` below), so the model compiles once for training and once per evaluation batch size.
-        # DETR's random resizes change the shape each step: with automatic dynamic shapes each size recompiled, and
-        # dynamic=True stopped Inductor (torch 2.14) on a stride comparison it could not decide symbolically.
+        # DETR's random resizes change the shape each step; by default a new shape recompiles the model with
+        # dynamic shapes, and those stopped Inductor (torch 2.14, dynamic=True, measured) on a stride comparison it
+        # could not decide symbolically ("32*s14*s28 < 32").
         model.compile(dynamic=False)
 
     param_groups = [
