@@ -62,12 +62,17 @@ def _scaled(sizes, image_scale):
     return [max(1, int(round(s * image_scale))) for s in sizes]
 
 
+def max_image_size(image_scale=1.0):
+    """The longest side any transform of `image_scale` produces (DETR's 1333, scaled)."""
+    return _scaled([MAX_SIZE], image_scale)[0]
+
+
 def make_transforms(image_set, image_scale=1.0):
     """DETR's augmentation (train) or resize (val), every size multiplied by `image_scale`."""
     if image_scale <= 0:
         raise InputError(f"image_scale must be positive, got {image_scale}")
     normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-    max_size = _scaled([MAX_SIZE], image_scale)[0]
+    max_size = max_image_size(image_scale)
     if image_set == "val":
         return v2.Compose([v2.ToImage(), v2.Resize(_scaled([EVAL_SIZE], image_scale)[0], max_size=max_size),
                            normalize])
@@ -184,8 +189,9 @@ def build_dataset(image_set, coco_path, image_scale=1.0):
     return CocoDetectionDataset(image_root, ann_file, make_transforms(image_set, image_scale))
 
 
-def collate_fn(batch):
-    """Pads a list of (image, target) to the largest height and width of the batch.
+def collate_fn(batch, canvas=None):
+    """Pads a list of (image, target) to the largest height and width of the batch, or to `canvas` = (height,
+    width) when given (a fixed size, e.g. for a torch.compile'd model: one shape, one graph).
 
     Returns images (B, 3, H, W) zero-padded at the bottom and right, mask (B, H, W) bool, True on padding, and the
     list of targets (boxes stay relative to each image's own size).
@@ -193,6 +199,10 @@ def collate_fn(batch):
     images, targets = zip(*batch)
     height = max(image.shape[1] for image in images)
     width = max(image.shape[2] for image in images)
+    if canvas is not None:
+        if height > canvas[0] or width > canvas[1]:
+            raise ValueError(f"collate_fn: an image of {height}x{width} does not fit the canvas {canvas}")
+        height, width = canvas
     padded = images[0].new_zeros(len(images), 3, height, width)
     mask = torch.ones(len(images), height, width, dtype=torch.bool)
     for i, image in enumerate(images):

@@ -16,9 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
-from . import SAMDETRConfig, build
+from .builders import build_model, checkpoint_model_kind
 from .datasets import InputError, collate_fn, make_transforms
-from .train import CHECKPOINT_FORMAT, load_checkpoint
+from .train import CHECKPOINT_FORMAT, config_from_dict, load_checkpoint
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990")
@@ -30,8 +30,8 @@ def load_detector(checkpoint_path, device, ops="fused"):
     if checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"checkpoint {checkpoint_path} was not saved by models.train: it has no model "
                          "configuration or class names (evaluate official checkpoints with models.train --eval)")
-    cfg = SAMDETRConfig(**{**checkpoint["config"], "backbone_weights": None, "ops": ops})
-    model, _, postprocess = build(cfg)
+    cfg = config_from_dict(checkpoint["config"], backbone_weights=None, ops=ops)
+    model, _, postprocess = build_model(checkpoint_model_kind(checkpoint), cfg)  # sam_detr, dab_detr, ...
     model.load_state_dict(checkpoint["model"])
     categories = {int(k): v for k, v in checkpoint["categories"].items()}
     return model.to(device).eval(), postprocess, categories, checkpoint["args"].get("image_scale", 1.0)

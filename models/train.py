@@ -13,6 +13,7 @@ of OUT/log.jsonl (losses, lr, epoch time, images/s, the 12 COCO numbers) and OUT
 import argparse
 import dataclasses
 import datetime
+import functools
 import json
 import os
 import random
@@ -25,13 +26,16 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from . import SAMDETRConfig
 from .builders import MODEL_BUILDERS, build_model, resolve_model_kind
-from .datasets import InputError, build_dataset, collate_fn
+from .datasets import InputError, build_dataset, collate_fn, max_image_size
 from .engine import COCO_STAT_NAMES, evaluate, train_one_epoch
 
 CHECKPOINT_FORMAT = "samdetr_ops.models.train/1"
 # SAMDETRConfig fields that define the architecture: a checkpoint only loads into a model built with the same.
 ARCHITECTURE_FIELDS = ("num_classes", "hidden_dim", "nheads", "num_queries", "enc_layers", "dec_layers",
-                       "dim_feedforward", "dilation", "smca", "input_proj_groupnorm")
+                       "dim_feedforward", "dilation", "smca", "input_proj_groupnorm", "backbone", "backbone_norm")
+# The backbone's architecture, read by models.backbone.build_backbone; attributes of the SAMDETRConfig instance
+# (not yet fields of it) and entries of the checkpoints' "config".
+BACKBONE_FIELDS = {"backbone": "resnet50", "backbone_norm": "frozen"}
 
 
 def get_args_parser():
@@ -56,7 +60,12 @@ def get_args_parser():
                         help="input projection without its GroupNorm (the official long-schedule form)")
     parser.add_argument("--no_aux_loss", dest="aux_loss", action="store_false",
                         help="loss on the last decoder layer only")
-    parser.add_argument("--backbone_weights", default=None, help="local torchvision resnet50 state dict")
+    parser.add_argument("--backbone", default="resnet50", choices=("resnet18", "resnet34", "resnet50"),
+                        help="torchvision ResNet (the official model: resnet50; dilation needs it)")
+    parser.add_argument("--backbone_norm", default="frozen", choices=("frozen", "batch"),
+                        help="frozen BatchNorm (official, for pretrained weights) or trainable BatchNorm (for a "
+                             "backbone trained from scratch)")
+    parser.add_argument("--backbone_weights", default=None, help="local torchvision state dict of --backbone")
     parser.add_argument("--ops", default=config.ops, choices=("fused", "reference"),
                         help="aligner ops: samdetr_ops kernels or the unfused official sequence")
     # Matcher costs and loss weights (the official defaults)
@@ -78,16 +87,35 @@ def get_args_parser():
     parser.add_argument("--eval", action="store_true", help="evaluate --resume on the val split and stop")
     parser.add_argument("--amp", default=None, choices=("bf16", "fp16"),
                         help="autocast dtype (fp16 adds a GradScaler)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (every batch padded to one fixed size)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
     return parser
 
 
 def model_config(args, num_classes):
     """SAMDETRConfig from the arguments of the same names."""
-    return SAMDETRConfig(num_classes=num_classes, **{field.name: getattr(args, field.name)
-                                                     for field in dataclasses.fields(SAMDETRConfig)
-                                                     if field.name != "num_classes"})
+    cfg = SAMDETRConfig(num_classes=num_classes, **{field.name: getattr(args, field.name)
+                                                    for field in dataclasses.fields(SAMDETRConfig)
+                                                    if field.name != "num_classes"})
+    for name in BACKBONE_FIELDS:
+        setattr(cfg, name, getattr(args, name))
+    return cfg
+
+
+def config_to_dict(cfg):
+    """The model configuration saved in checkpoints: SAMDETRConfig's fields and the backbone's."""
+    return dataclasses.asdict(cfg) | {name: getattr(cfg, name, default) for name, default in BACKBONE_FIELDS.items()}
+
+
+def config_from_dict(saved, **overrides):
+    """SAMDETRConfig of a checkpoint's "config" (older ones without the backbone entries: the official ResNet-50)."""
+    values = saved | overrides
+    field_names = {field.name for field in dataclasses.fields(SAMDETRConfig)}
+    cfg = SAMDETRConfig(**{k: v for k, v in values.items() if k in field_names})
+    for name, default in BACKBONE_FIELDS.items():
+        setattr(cfg, name, values.get(name, default))
+    return cfg
 
 
 def freeze_backbone_unless_trained(model, lr_backbone):
@@ -268,7 +296,12 @@ def main(args):
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                           else None)
     if args.compile:
-        model = torch.compile(model)
+        # In place (the state dict keeps its names), static shapes: the loaders pad every batch to one fixed
+        # canvas (see `collate` below), so the model compiles once for training and once per evaluation batch size.
+        # DETR's random resizes change the shape each step; by default a new shape recompiles the model with
+        # dynamic shapes, and those stopped Inductor (torch 2.14, dynamic=True, measured) on a stride comparison it
+        # could not decide symbolically ("32*s14*s28 < 32").
+        model.compile(dynamic=False)
 
     param_groups = [
         {"params": [p for n, p in model_without_ddp.named_parameters()
@@ -281,12 +314,18 @@ def main(args):
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop)
     scaler = torch.amp.GradScaler(device.type) if args.amp == "fp16" else None
 
+    # --compile: every batch padded to the largest image any transform of --image_scale produces (square), so
+    # that one input shape serves all steps. Boxes stay relative to each image's valid region and the mask covers
+    # the rest, as in any padded DETR batch; the cost is the padded pixels' compute.
+    canvas = (max_image_size(args.image_scale),) * 2 if args.compile else None
+    collate = functools.partial(collate_fn, canvas=canvas)
+
     def loader(dataset, shuffle, generator):
         # DistributedSampler also for one process: the same --seed then gives the same global batches for any
         # number of processes. The generator makes the workers' seeds a function of (seed, epoch) only.
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=args.seed)
         return DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=shuffle,
-                          collate_fn=collate_fn, num_workers=args.num_workers, generator=generator,
+                          collate_fn=collate, num_workers=args.num_workers, generator=generator,
                           persistent_workers=False, pin_memory=device.type == "cuda")
 
     val_generator = torch.Generator()
@@ -329,7 +368,7 @@ def main(args):
     data_loader_train = loader(dataset_train, True, train_sampler_generator)
     if rank == 0:
         n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
-        print(f"SAM-DETR {dataclasses.asdict(cfg)}; {n_parameters} trainable parameters; {len(dataset_train)} "
+        print(f"SAM-DETR {config_to_dict(cfg)}; {n_parameters} trainable parameters; {len(dataset_train)} "
               f"training and {len(dataset_val)} validation images; {world_size} process(es) on {device}",
               file=sys.stderr)
     test_stats = None
@@ -351,7 +390,7 @@ def main(args):
                 "format": CHECKPOINT_FORMAT, "model": model_without_ddp.state_dict(),
                 "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-                "args": vars(args), "config": dataclasses.asdict(cfg), "categories": categories, "rng": states,
+                "args": vars(args), "config": config_to_dict(cfg), "categories": categories, "rng": states,
             }, os.path.join(out_dir, "checkpoint.pth"))
             row = {"epoch": epoch, **{f"train_{k}": v for k, v in train_stats.items()},
                    **{f"test_{k}": test_stats[k] for k in COCO_STAT_NAMES}}

@@ -196,3 +196,7 @@ def test_checkpoints_record_the_model_kind(coco_dir, tmp_path):
     with pytest.raises(InputError, match="holds a dab_detr_aligner model, --model asks for detr"):
         main(get_args_parser().parse_args(common + ["--eval", "--resume", str(out / "checkpoint.pth"),
                                                     "--model", "detr"]))
+    # models.predict rebuilds the checkpoint's kind too (it built a SAM-DETR for every checkpoint before)
+    from models.predict import load_detector
+    model, _, _, _ = load_detector(str(out / "checkpoint.pth"), "cpu")
+    assert type(model).__name__ == "DABDETR" and any(".aligner." in name for name, _ in model.named_parameters())

@@ -13,7 +13,7 @@ import torch
 from pycocotools.coco import COCO
 
 from models import synthetic
-from models.datasets import InputError, build_dataset, collate_fn, make_transforms
+from models.datasets import InputError, build_dataset, collate_fn, make_transforms, max_image_size
 from models.engine import coco_evaluate, predictions_to_coco
 
 
@@ -150,19 +150,31 @@ def test_train_sizes_follow_image_scale():
         assert 38 <= min(out.shape[1:]) <= 80 and max(out.shape[1:]) <= 133  # DETR's 480..800 / 1333 x 0.1
 
 
-def test_collate_pads_and_masks(coco_dir):
+@pytest.mark.parametrize("fixed_canvas", [False, True])
+def test_collate_pads_and_masks(coco_dir, fixed_canvas):
     dataset = build_dataset("train", str(coco_dir), image_scale=0.1)
     torch.manual_seed(1)
     batch = [dataset[i] for i in range(4)]
-    images, mask, targets = collate_fn(batch)
-    height = max(b[0].shape[1] for b in batch)
-    width = max(b[0].shape[2] for b in batch)
+    if fixed_canvas:  # --compile's padding: the largest size any transform of this image_scale gives
+        height = width = max_image_size(0.1)
+        images, mask, targets = collate_fn(batch, canvas=(height, width))
+    else:
+        images, mask, targets = collate_fn(batch)
+        height = max(b[0].shape[1] for b in batch)
+        width = max(b[0].shape[2] for b in batch)
     assert images.shape == (4, 3, height, width) and mask.shape == (4, height, width) and mask.dtype == torch.bool
     for i, (image, target) in enumerate(batch):
         h, w = image.shape[1:]
         assert not mask[i, :h, :w].any() and mask[i, h:].all() and mask[i, :, w:].all()
         assert torch.equal(images[i, :, :h, :w], image) and not images[i, :, h:].any()
         assert targets[i] is target
+
+
+def test_collate_canvas_must_hold_the_images(coco_dir):
+    batch = [build_dataset("val", str(coco_dir), image_scale=0.1)[0]]
+    height, width = batch[0][0].shape[1:]
+    with pytest.raises(ValueError, match=f"{height}x{width} does not fit the canvas"):
+        collate_fn(batch, canvas=(height, width - 1))
 
 
 def test_empty_images_are_samples(coco_dir):
