@@ -271,15 +271,17 @@ def images_and_mask(g, B, H, W):
     return images, mask
 
 
-@pytest.fixture(scope="module")
-def sam_detr_export():
-    """A small SAM-DETR (random weights) and its torch.export.export with batch size and image size dynamic."""
+@pytest.fixture(scope="module", params=["sam_detr", "dab_detr_aligner"])
+def sam_detr_export(request):
+    """A small SAM-DETR, or DAB-DETR with the aligner (random weights), and its torch.export.export with batch size
+    and image size dynamic."""
     import models
+    from models.builders import build_model
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-backbone warning
-        model = models.build(models.SAMDETRConfig(**SMALL_SAM_DETR))[0].eval()
+        model = build_model(request.param, models.SAMDETRConfig(**SMALL_SAM_DETR))[0].eval()
     batch = torch.export.Dim("batch", max=64)
     # at least 64 pixels: the ResNet's stride-32 map must have 2 pixels a side (else export specialises on 1)
     height, width = torch.export.Dim("height", min=64, max=4096), torch.export.Dim("width", min=64, max=4096)
