@@ -53,7 +53,4 @@ class Backbone(nn.Module):
 
 
 def build_backbone(cfg):
-    # SAMDETRConfig's backbone fields; configurations without them (saved before they existed) get the official
-    # ResNet-50 with frozen BatchNorm.
-    return Backbone(cfg.dilation, cfg.backbone_weights, getattr(cfg, "backbone", "resnet50"),
-                    getattr(cfg, "backbone_norm", "frozen"))
+    return Backbone(cfg.dilation, cfg.backbone_weights, cfg.backbone, cfg.backbone_norm)

@@ -18,8 +18,10 @@ from .transformer import MLP, build_transformer
 class SAMDETRConfig:
     """The official defaults. dilation=True is the DC5 variant; smca=True adds SMCA's Gaussian prior;
     input_proj_groupnorm follows the official code's schedules under 25 epochs (both checkpoint forms load);
-    backbone_weights: path of a local torchvision resnet50 state dict (else random init); ops: "fused" runs the
-    aligner on samdetr_ops, "reference" on the unfused official sequence (samdetr_ops.reference)."""
+    backbone_weights: path of a local torchvision state dict of the chosen ResNet (else random init); backbone:
+    resnet50 (official), resnet34 or resnet18; backbone_norm: "frozen" (official FrozenBatchNorm2d) or "batch"
+    (trainable BatchNorm, for training a small backbone from scratch); ops: "fused" runs the aligner on samdetr_ops,
+    "reference" on the unfused official sequence (samdetr_ops.reference)."""
     num_classes: int = 91
     hidden_dim: int = 256
     nheads: int = 8
@@ -34,6 +36,8 @@ class SAMDETRConfig:
     aux_loss: bool = True
     backbone_weights: str = None
     ops: str = "fused"
+    backbone: str = "resnet50"
+    backbone_norm: str = "frozen"
 
 
 class SAMDETR(nn.Module):

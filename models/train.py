@@ -33,9 +33,6 @@ CHECKPOINT_FORMAT = "samdetr_ops.models.train/1"
 # SAMDETRConfig fields that define the architecture: a checkpoint only loads into a model built with the same.
 ARCHITECTURE_FIELDS = ("num_classes", "hidden_dim", "nheads", "num_queries", "enc_layers", "dec_layers",
                        "dim_feedforward", "dilation", "smca", "input_proj_groupnorm", "backbone", "backbone_norm")
-# The backbone's architecture, read by models.backbone.build_backbone; attributes of the SAMDETRConfig instance
-# (not yet fields of it) and entries of the checkpoints' "config".
-BACKBONE_FIELDS = {"backbone": "resnet50", "backbone_norm": "frozen"}
 
 
 def get_args_parser():
@@ -98,24 +95,19 @@ def model_config(args, num_classes):
     cfg = SAMDETRConfig(num_classes=num_classes, **{field.name: getattr(args, field.name)
                                                     for field in dataclasses.fields(SAMDETRConfig)
                                                     if field.name != "num_classes"})
-    for name in BACKBONE_FIELDS:
-        setattr(cfg, name, getattr(args, name))
     return cfg
 
 
 def config_to_dict(cfg):
     """The model configuration saved in checkpoints: SAMDETRConfig's fields and the backbone's."""
-    return dataclasses.asdict(cfg) | {name: getattr(cfg, name, default) for name, default in BACKBONE_FIELDS.items()}
+    return dataclasses.asdict(cfg)
 
 
 def config_from_dict(saved, **overrides):
     """SAMDETRConfig of a checkpoint's "config" (older ones without the backbone entries: the official ResNet-50)."""
     values = saved | overrides
     field_names = {field.name for field in dataclasses.fields(SAMDETRConfig)}
-    cfg = SAMDETRConfig(**{k: v for k, v in values.items() if k in field_names})
-    for name, default in BACKBONE_FIELDS.items():
-        setattr(cfg, name, values.get(name, default))
-    return cfg
+    return SAMDETRConfig(**{k: v for k, v in values.items() if k in field_names})
 
 
 def freeze_backbone_unless_trained(model, lr_backbone):
