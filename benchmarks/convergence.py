@@ -34,12 +34,14 @@ MODELS = {"detr": ["--model", "detr"], "dab_detr": ["--model", "dab_detr"],
 
 def get_args():
     parser = argparse.ArgumentParser("python -m benchmarks.convergence", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="synthetic", choices=["synthetic", "kwcoco"],
+                        help="generator of the data: models.synthetic or kwcoco's toy shapes (models.kwcoco_demo)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--train", type=int, default=100, help="synthetic training images")
-    parser.add_argument("--val", type=int, default=25, help="synthetic validation images")
-    parser.add_argument("--size", type=int, default=96, help="synthetic image size (pixels)")
+    parser.add_argument("--train", type=int, default=100, help="training images")
+    parser.add_argument("--val", type=int, default=25, help="validation images")
+    parser.add_argument("--size", type=int, default=96, help="image size (pixels)")
     parser.add_argument("--work_dir", default=os.path.join("/tmp", "samdetr-convergence"),
                         help="dataset and run directories (checkpoints, logs)")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time")
@@ -66,7 +68,7 @@ def read_log(path):
 
 def run_all(args, data_dir):
     """Runs every (model, seed) not yet complete, `args.jobs` at a time; returns {(name, seed): log rows}."""
-    runs = {(name, seed): os.path.join(args.work_dir, "runs", f"{name}-seed{seed}")
+    runs = {(name, seed): os.path.join(args.work_dir, f"runs-{args.dataset}", f"{name}-seed{seed}")
             for name in args.models for seed in args.seeds}
     pending = [key for key, out in runs.items() if len(read_log(os.path.join(out, "log.jsonl"))) < args.epochs]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
@@ -128,20 +130,23 @@ def plot(rows, path, title):
 
 def main():
     args = get_args()
-    from models import synthetic
-    data_dir = os.path.join(args.work_dir, f"synthetic-{args.train}-{args.val}-{args.size}")
+    if args.dataset == "kwcoco":
+        from models.kwcoco_demo import generate
+    else:
+        from models.synthetic import generate
+    data_dir = os.path.join(args.work_dir, f"{args.dataset}-{args.train}-{args.val}-{args.size}")
     if not os.path.isfile(os.path.join(data_dir, "annotations", "instances_val2017.json")):
-        synthetic.generate(data_dir, num_train=args.train, num_val=args.val, size=args.size, seed=0)
+        generate(data_dir, num_train=args.train, num_val=args.val, size=args.size, seed=0)
     started = time.time()
     rows = rows_of(run_all(args, data_dir))
     os.makedirs(RESULTS, exist_ok=True)
-    stem = os.path.join(RESULTS, "convergence-synthetic")
+    stem = os.path.join(RESULTS, f"convergence-{args.dataset}")
     with open(stem + ".csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     command = "python -m benchmarks.convergence " + " ".join(sys.argv[1:])
-    title = (f"synthetic {args.train} train / {args.val} val images, {args.size} px; {args.epochs} epochs, seeds "
+    title = (f"{args.dataset} {args.train} train / {args.val} val images, {args.size} px; {args.epochs} epochs, seeds "
              f"{args.seeds}; {args.train_args}\n{command}; {platform.machine()} CPU, {args.jobs} runs x "
              f"{args.threads} thread(s)")
     plot(rows, stem + ".png", title)
