@@ -54,7 +54,8 @@ bench: build
 
 # DETR, DAB-DETR, DAB-DETR + aligner, SAM-DETR, SAM-DETR + SMCA trained alike on the synthetic dataset, 2 seeds:
 # AP per epoch in benchmarks/results/convergence-synthetic.{csv,png} (CPU, about 40 min on 2 busy cores;
-# CONVERGENCE_ARGS="--epochs 12 --train 200" for a longer run).
+# CONVERGENCE_ARGS="--epochs 12 --train 200" for a longer run; CONVERGENCE_ARGS="--dataset kwcoco" for the second
+# dataset, kwcoco's toy shapes: benchmarks/results/convergence-kwcoco.*).
 CONVERGENCE_ARGS ?=
 convergence: build
 	nice $(PY) -m benchmarks.convergence $(CONVERGENCE_ARGS)
