@@ -5,10 +5,9 @@ import warnings
 
 import pytest
 import torch
-from test_models import images_and_mask
+from test_models import assert_fused_equals_reference, images_and_mask
 
 import models
-import samdetr_ops
 from helpers import generator
 from models import synthetic
 from models.builders import build_model
@@ -133,18 +132,9 @@ def test_aligner_fused_equals_reference_float64():
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     reference.load_state_dict(fused.state_dict())
     images, mask = images_and_mask(g, dtype=torch.float64)
-
-    def run(model):
+    for model in (fused, reference):
         model.double().backbone.requires_grad_(False)
-        out = model(images, mask)
-        total = total_loss(criterion, out)
-        params = [p for p in model.parameters() if p.requires_grad]
-        return [out["pred_logits"], out["pred_boxes"], total] + list(torch.autograd.grad(total, params))
-
-    with samdetr_ops.use_backend("cpp"):
-        got = run(fused)
-    for a, b in zip(got, run(reference)):
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+    assert_fused_equals_reference(fused, reference, images, mask, lambda out: total_loss(criterion, out))
 
 
 @pytest.fixture(scope="module")

@@ -127,11 +127,19 @@ def test_fused_equals_reference_float64():
     reference.load_state_dict(fused.state_dict())
     images, mask = images_and_mask(g, dtype=torch.float64)
 
-    def run(model):
-        model.double()
-        out = model(images, mask)
+    def total_loss(out):
         losses = criterion(out, targets_for(2))
-        total = sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict)
+        return sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict)
+
+    assert_fused_equals_reference(fused.double(), reference.double(), images, mask, total_loss)
+
+
+def assert_fused_equals_reference(fused, reference, images, mask, total_loss):
+    """Two float64 detectors with the same weights, on the compiled ops and on the reference ops: the same
+    outputs, total loss (total_loss(outputs) -> scalar) and gradient of every trainable parameter."""
+    def run(model):
+        out = model(images, mask)
+        total = total_loss(out)
         params = [p for p in model.parameters() if p.requires_grad]
         return [out["pred_logits"], out["pred_boxes"], total] + list(torch.autograd.grad(total, params))
 
