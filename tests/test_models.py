@@ -80,6 +80,45 @@ def test_frozen_parameters_get_no_gradient():
     assert not any(b.requires_grad for b in model.backbone.buffers())  # FrozenBatchNorm2d: buffers only
 
 
+@pytest.mark.parametrize("name", ["resnet50", "resnet18"])
+def test_backbone_folded_frozen_batchnorm_equals_torchvision_resnet(name):
+    """The backbone folds each FrozenBatchNorm2d into the conv before it and runs channels-last: same outputs and
+    same gradients as torchvision's unfolded NCHW ResNet with the same (non-trivial) statistics, float64, and the
+    same state-dict keys, so torchvision and official checkpoints load unchanged."""
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from models.backbone import Backbone, ConvFrozenBatchNorm2d
+
+    g = generator("folded backbone", name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = Backbone(name=name).double()
+    resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
+    plain = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"}).double()
+    state = {k: torch.rand(v.shape, generator=g, dtype=torch.float64) + 0.5 if k.endswith(("running_var", "bn1.weight"))
+             else torch.randn(v.shape, generator=g, dtype=torch.float64) * 0.1 for k, v in plain.state_dict().items()}
+    plain.load_state_dict(state)
+    assert set(backbone.body.state_dict()) == set(state)
+    backbone.body.load_state_dict(state)
+    assert sum(isinstance(m, ConvFrozenBatchNorm2d) for m in backbone.modules()) == sum(
+        isinstance(m, FrozenBatchNorm2d) for m in plain.modules())
+    images = torch.randn(2, 3, 64, 64, generator=g, dtype=torch.float64)
+    folded, _ = backbone(images, torch.zeros(2, 64, 64, dtype=torch.bool))
+    expected = plain(images)["0"]
+    torch.testing.assert_close(folded, expected)
+    grad = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    folded.backward(grad)
+    expected.backward(grad)
+    for (key, p), q in zip(backbone.body.named_parameters(), plain.parameters()):
+        assert p.shape == q.shape, key
+        if key.startswith(("layer2", "layer3", "layer4")):   # trainable; the stem and layer1 are frozen
+            torch.testing.assert_close(p.grad, q.grad, msg=key)
+        else:
+            assert p.grad is None, key
+
+
 @pytest.mark.parametrize("smca", [False, True])
 def test_transformer_honours_padding(smca):
     """A padded image gives the same decoder outputs as the same image cropped to its valid part, and the
