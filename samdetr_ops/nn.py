@@ -1,5 +1,6 @@
 """nn.Modules built on the fused ops, for SAM-DETR and other DETR variants."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import samdetr_ops
@@ -37,6 +38,10 @@ class SemanticAligner(nn.Module):
     returns query_aligned (B, N, M, C), query_pos (B, N, M, C), points (B, N, M, 2) (x, y) in [-1, 1] of the box,
     and, with smca=True, a fourth tensor scales (B, N, M, 2): the per-head Gaussian scales of SMCA.
 
+    With ops="fused" the point predictor's input is computed as relu(RoIAlign(point_conv's 1x1 projection of memory,
+    without bias) + bias): the conv and RoIAlign commute, so this is the same function (tests check outputs and
+    gradients against the official order), with a 4x cheaper RoIAlign and the conv over the map, not the RoIs.
+
     As in the official code (its sine embedding runs under no_grad), query_pos passes gradient only to
     reweight_pos, not to the points or the boxes; the boxes receive no gradient at all (neither does RoIAlign's).
     ops="fused" runs samdetr_ops (the current backend); ops="reference" the unfused official sequence
@@ -68,8 +73,19 @@ class SemanticAligner(nn.Module):
         scale_x, scale_y = (W, H) if valid_ratios is None else (valid_ratios[:, 0:1] * W, valid_ratios[:, 1:2] * H)
         boxes = torch.stack(((cx - 0.5 * w) * scale_x, (cy - 0.5 * h) * scale_y,
                              (cx + 0.5 * w) * scale_x, (cy + 0.5 * h) * scale_y), dim=-1)  # (B, N, 4) x1 y1 x2 y2
-        rois = ops.roi_align(memory, boxes, S, 1.0, -1, True)                               # (B, N, C, S, S)
-        hidden = self.point_conv(rois.flatten(0, 1)).flatten(1)                            # (B*N, C/4*S*S)
+        if self.ops == "fused":
+            # The 1x1 conv commutes with RoIAlign (one mixes channels at each pixel, the other interpolates each
+            # channel), except for its bias: RoIAlign does not preserve constants at the map's edges, so the bias
+            # is added after. So the B*H*W map pixels are projected to C/4 channels and those are aligned, instead
+            # of projecting B*N*S*S RoI pixels of C channels: the same function with a 4x cheaper RoIAlign and a
+            # conv over the map (16x16 at 512x512) instead of over the RoIs (300 x 7x7 per image).
+            conv = self.point_conv[0]
+            projected = F.conv2d(memory, conv.weight)                                          # (B, C/4, H, W)
+            rois = ops.roi_align(projected, boxes, S, 1.0, -1, True)                            # (B, N, C/4, S, S)
+            hidden = torch.relu(rois + conv.bias[:, None, None]).flatten(0, 1).flatten(1)    # (B*N, C/4*S*S)
+        else:  # the official order
+            rois = ops.roi_align(memory, boxes, S, 1.0, -1, True)                               # (B, N, C, S, S)
+            hidden = self.point_conv(rois.flatten(0, 1)).flatten(1)                            # (B*N, C/4*S*S)
         out = self.point_mlp(hidden).view(B, N, -1)                                        # (B, N, 2M or 4M)
         points = out[..., :2 * M].view(B, N, M, 2).tanh()                                  # (B, N, M, 2) x, y
         query_aligned = ops.semantic_align(memory, boxes, points, self.reweight_query(query).view(B, N, M, C),
