@@ -218,20 +218,23 @@ def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cach
 
 def build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache):
     """SAM-DETR's semantics aligner block (roi_align -> point ConvNet/MLP -> salient-point sampling ->
-    reweighting -> position embedding) on the fused ops (a backend) or on the reference ops."""
+    reweighting -> position embedding): nn.SemanticAligner on the fused ops (a backend), or in its official order
+    on the reference ops (ops="reference"), eager or compiled."""
     backend = "reference" if impl is cases.REFERENCE else (None if impl == "compile" else impl.backend)
     key = ("block", shape.C, shape.M, device, dtype)
     if key not in compiled_cache:
+        # The reference (eager and compiled) is the official sequence, ops="reference"; the fused block has the
+        # same weights and runs on the backend under test.
         torch.manual_seed(0)
-        compiled_cache[key] = SemanticAligner(shape.C, shape.M).to(device=device, dtype=dtype)
-    block = compiled_cache[key]
+        fused = SemanticAligner(shape.C, shape.M).to(device=device, dtype=dtype)
+        official = SemanticAligner(shape.C, shape.M, ops="reference").to(device=device, dtype=dtype)
+        official.load_state_dict(fused.state_dict())
+        compiled_cache[key] = {"fused": fused, "official": official}
+    block = compiled_cache[key]["fused" if backend not in ("reference", None) else "official"]
     if backend is None:
         ckey = ("block-compiled", key, mode)
         if ckey not in compiled_cache:
-            def ref_block(*args):
-                with samdetr_ops.use_backend("reference"):
-                    return block(*args)
-            compiled_cache[ckey] = torch.compile(ref_block, dynamic=False)
+            compiled_cache[ckey] = torch.compile(block, dynamic=False)
         forward = compiled_cache[ckey]
     else:
         def forward(*args):
