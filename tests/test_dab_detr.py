@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from test_models import assert_fused_equals_reference, images_and_mask
+from test_models import assert_fused_equals_reference, images_and_mask, padded_map_and_box_logits
 
 import models
 from helpers import generator
@@ -95,14 +95,8 @@ def test_transformer_honours_padding(kind):
     model, _, _ = build(kind)
     transformer = model.transformer.double().eval()
     g = generator("dab-padding", kind)
-    C, H, W, h, w = SMALL["hidden_dim"], 6, 8, 4, 5
-    src = torch.randn(1, C, H, W, generator=g, dtype=torch.float64)
-    mask = torch.zeros(1, H, W, dtype=torch.bool)
-    mask[:, h:, :] = True
-    mask[:, :, w:] = True
-    centres = torch.rand(SMALL["num_queries"], 2, generator=g, dtype=torch.float64) * 0.3 + 0.35
-    sizes = torch.rand(SMALL["num_queries"], 2, generator=g, dtype=torch.float64) * 0.2 + 0.2
-    anchor_logits = torch.logit(torch.cat([centres, sizes], -1))
+    h, w = 4, 5                                                            # valid part h x w of 6 x 8
+    src, mask, anchor_logits = padded_map_and_box_logits(g, SMALL["hidden_dim"], SMALL["num_queries"], 6, 8, h, w)
     head = model.bbox_embed.double()
     queries = model.query_embed.weight.double() if kind == "detr" else None
 

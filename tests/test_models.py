@@ -119,6 +119,18 @@ def test_backbone_folded_frozen_batchnorm_equals_torchvision_resnet(name):
             assert p.grad is None, key
 
 
+def padded_map_and_box_logits(g, C, num_queries, H, W, h, w):
+    """A float64 (1, C, H, W) map whose valid part is the top-left h x w (mask (1, H, W) True elsewhere), and
+    (num_queries, 4) box logits whose boxes lie within [0.15, 0.85] of the valid part."""
+    src = torch.randn(1, C, H, W, generator=g, dtype=torch.float64)
+    mask = torch.zeros(1, H, W, dtype=torch.bool)
+    mask[:, h:, :] = True
+    mask[:, :, w:] = True
+    centres = torch.rand(num_queries, 2, generator=g, dtype=torch.float64) * 0.3 + 0.35
+    sizes = torch.rand(num_queries, 2, generator=g, dtype=torch.float64) * 0.2 + 0.2
+    return src, mask, torch.logit(torch.cat([centres, sizes], -1))
+
+
 @pytest.mark.parametrize("smca", [False, True])
 def test_transformer_honours_padding(smca):
     """A padded image gives the same decoder outputs as the same image cropped to its valid part, and the
@@ -128,14 +140,8 @@ def test_transformer_honours_padding(smca):
     model, _, _ = build(smca=smca)
     transformer = model.transformer.double().eval()
     g = generator("padding", smca)
-    C, H, W, h, w = SMALL["hidden_dim"], 6, 8, 4, 5                       # valid part h x w of H x W
-    src = torch.randn(1, C, H, W, generator=g, dtype=torch.float64)
-    mask = torch.zeros(1, H, W, dtype=torch.bool)
-    mask[:, h:, :] = True
-    mask[:, :, w:] = True
-    centres = torch.rand(SMALL["num_queries"], 2, generator=g, dtype=torch.float64) * 0.3 + 0.35
-    sizes = torch.rand(SMALL["num_queries"], 2, generator=g, dtype=torch.float64) * 0.2 + 0.2
-    box_logits = torch.logit(torch.cat([centres, sizes], -1))   # boxes within [0.15, 0.85] of the valid part
+    h, w = 4, 5                                                            # valid part h x w of 6 x 8
+    src, mask, box_logits = padded_map_and_box_logits(g, SMALL["hidden_dim"], SMALL["num_queries"], 6, 8, h, w)
     heads = model.bbox_embed.double()                              # zero last layer: the boxes stay inside
 
     def run(src, mask):
