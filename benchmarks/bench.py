@@ -230,7 +230,7 @@ def build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_ca
         official = SemanticAligner(shape.C, shape.M, ops="reference").to(device=device, dtype=dtype)
         official.load_state_dict(fused.state_dict())
         compiled_cache[key] = {"fused": fused, "official": official}
-    block = compiled_cache[key]["fused" if backend not in ("reference", None) else "official"]
+    block = compiled_cache[key]["official" if backend in ("reference", None) else "fused"]
     if backend is None:
         ckey = ("block-compiled", key, mode)
         if ckey not in compiled_cache:
