@@ -98,13 +98,13 @@ def test_nonfinite_boxes_and_points_give_zeros():
 def test_unavailable_device_raises():
     """The Triton backend asked for tensors it cannot run on raises, naming the reason (it never falls back)."""
     g = generator("triton unavailable")
-    features = make_features(g, 1, 2, 4, 4, "contiguous", torch.float32, "cpu").to("meta")
-    boxes = make_boxes(g, 1, 2, 4, 4, 1.0, "mixed", torch.float32, "cpu").to("meta")
+    features = make_features(g, 1, 2, 4, 4, "contiguous", torch.float32, "cpu")
+    boxes = make_boxes(g, 1, 2, 4, 4, 1.0, "mixed", torch.float32, "cpu")
     with samdetr_ops.use_backend("triton"), pytest.raises(RuntimeError, match="no Triton support for meta"):
-        samdetr_ops.roi_align(features, boxes, 2)
+        samdetr_ops.roi_align(features.to("meta"), boxes.to("meta"), 2)
     if os.environ.get("TRITON_INTERPRET") != "1":  # a GPU machine: CPU tensors need the interpreter
         with samdetr_ops.use_backend("triton"), pytest.raises(RuntimeError, match="only under the interpreter"):
-            samdetr_ops.roi_align(features.to("cpu"), boxes.to("cpu"), 2)
+            samdetr_ops.roi_align(features, boxes, 2)
 
 
 def _semantic_inputs(seed, C=5, dtype=torch.float32):
