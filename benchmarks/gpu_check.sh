@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # `make gpu-check`: on a GPU machine with torch already installed (no registry there):
 #   build      the extension (CPU + CUDA for sm_80 and the visible card) with that machine's python3
+#   alone      the tests named by ALONE_TESTS (default: the one that crashed its xdist worker on the first GPU run)
+#              in one process without xdist, and under cuda-gdb for a backtrace if they fail
 #   tests-cpp  the test suite's compiled-kernel cells on CUDA (everything but the Triton backend)
 #   tests-triton  the Triton backend's cells on CUDA (each kernel JIT-compiles on first use: its own budget)
 #   memcheck, initcheck, racecheck, synccheck   compute-sanitizer over tests/sanitizer_smoke.py (memcheck with
 #              the caching allocator off, so that an overrun of one tensor into the next is caught); racecheck
 #              and synccheck only for the CUDA kernels (the ones with shared memory and barriers of their own)
+#   ncu        Nsight Compute over benchmarks/ncu_workload.py: per kernel of roi_align and semantic_align forward
+#              and backward (cpp and Triton), time, atomic sectors at L2, L2 and DRAM bytes, occupancy, registers
+#   model      benchmarks/bench_model.py on CUDA (the SAM-DETR training step and inference, fused vs reference)
 #   bench      the benchmark suite on CUDA
+# in this order (the most needed first, so that GPU_CHECK_DEADLINE cuts the least needed),
 # and write benchmarks/results/gpu-check-<card>.md naming the card. Each step's log is kept beside it; a failing
 # or overrunning step (each has a time budget) is reported and the next one still runs. Exit status: non-zero if
 # any step failed.
@@ -22,7 +28,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${GPU_PYTHON:-python3}
-STEPS=${GPU_CHECK_STEPS:-build tests bench memcheck initcheck racecheck synccheck model}
+STEPS=${GPU_CHECK_STEPS:-build alone tests memcheck initcheck racecheck synccheck ncu model bench}
 started=$(mktemp)  # files in results/ newer than this are this run's
 export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 export FORCE_CUDA=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -78,13 +84,20 @@ XDIST=$($PY -c "import xdist" >/dev/null 2>&1 && echo "-n 8")
 OP_TESTS="tests/test_cuda.py tests/test_api.py tests/test_library.py tests/test_nn.py tests/test_output_size.py
   tests/test_roi_align.py tests/test_semantic_align.py tests/test_pos_embed.py tests/test_ops_dropin.py"
 PYTEST="$PY -m pytest -q -p no:cacheprovider -rfE $XDIST"
+ALONE_TESTS=${ALONE_TESTS:-no_bins_raises_clearly}
+NCU=${NCU:-$(command -v ncu || echo "$CUDA_HOME/bin/ncu")}
+NCU_METRICS=gpu__time_duration.sum,lts__t_sectors_op_red.sum,lts__t_sectors_op_atom.sum,lts__t_bytes.sum,\
+dram__bytes_read.sum,dram__bytes_write.sum,sm__warps_active.avg.pct_of_peak_sustained_active,\
+sm__maximum_warps_per_active_cycle_pct,launch__registers_per_thread,launch__grid_size,launch__block_size
 # sm_80 (A100) by default beside the visible card, so that one build checks both; GPU_ARCH_LIST narrows it
 run_step build "${BUILD_SECONDS:-240}" env TORCH_CUDA_ARCH_LIST="${GPU_ARCH_LIST:-8.0;$capability}" \
   $PY setup.py build_ext --inplace
+# The test that crashed its xdist worker on the first GPU run, alone in one process; on a crash, its backtrace
+run_step alone 60 bash -c "$PY -m pytest -q -p no:cacheprovider -p no:xdist -rfE tests/test_cuda.py -k '$ALONE_TESTS' \
+  || { echo '== cuda-gdb backtrace'; cuda-gdb -batch -ex run -ex bt --args $PY -m pytest -q -p no:cacheprovider \
+       -p no:xdist tests/test_cuda.py -k '$ALONE_TESTS'; exit 1; }"
 run_step tests-cpp "${TEST_CPP_SECONDS:-150}" $PYTEST $OP_TESTS -k "cuda and not triton"
 run_step tests-triton "${TEST_TRITON_SECONDS:-240}" $PYTEST $OP_TESTS tests/test_triton.py -k "triton"
-run_step bench "${BENCH_SECONDS:-120}" $PY -m benchmarks.bench --device cuda --time-budget $((${BENCH_SECONDS:-120} - 30)) \
-  ${BENCH_ARGS:-}
 # Triton kernels JIT-compile per dtype and channel count, so their sanitizer runs get a smaller matrix
 run_step memcheck-cpp 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 $CS memcheck $SMOKE --backends cpp
 run_step memcheck-triton 90 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 $CS memcheck $SMOKE --backends triton \
@@ -93,7 +106,15 @@ run_step initcheck-cpp 60 $CS initcheck $SMOKE --backends cpp
 run_step initcheck-triton 60 $CS initcheck $SMOKE --backends triton --dtypes float32 --channels 13
 run_step racecheck 60 $CS racecheck $SMOKE --backends cpp
 run_step synccheck 40 $CS synccheck $SMOKE --backends cpp
-run_step model "${MODEL_SECONDS:-90}" $PY -m benchmarks.bench_model --device cuda --no-plot
+# Where the backward kernels' time goes: atomic (red) sectors at L2, L2 and DRAM bytes, occupancy, registers
+# (a metric this ncu does not know fails the whole run: then once more with the time and DRAM bytes alone)
+NCU_RUN="$NCU --profile-from-start off --csv --metrics"
+NCU_WORKLOAD="$PY -m benchmarks.ncu_workload --backends ${NCU_BACKENDS:-cpp,triton}"
+run_step ncu 90 bash -c "$NCU_RUN $NCU_METRICS $NCU_WORKLOAD \
+  || $NCU_RUN gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum $NCU_WORKLOAD"
+run_step model "${MODEL_SECONDS:-90}" $PY -m benchmarks.bench_model --device cuda --no-plot ${BENCH_MODEL_ARGS:-}
+run_step bench "${BENCH_SECONDS:-120}" $PY -m benchmarks.bench --device cuda --time-budget $((${BENCH_SECONDS:-120} - 30)) \
+  ${BENCH_ARGS:-}
 
 {
   echo "# gpu-check on $card (sm_${capability/./})"
@@ -110,6 +131,9 @@ run_step model "${MODEL_SECONDS:-90}" $PY -m benchmarks.bench_model --device cud
     wants $t && { echo "## compute-sanitizer $t"; echo '```'; grep -h "ERROR SUMMARY\|RACECHECK SUMMARY\|smoke" "$logs/$t.log"; echo '```'; }
   done
   wants bench && { echo "## benchmark"; echo '```'; sed -n '/^samdetr_ops benchmark/,$p' "$logs/bench.log"; echo '```'; }
+  wants ncu && { echo "## ncu (kernel, metric, value)"; echo '```'
+    grep -a '^"' "$logs/ncu.log" | $PY -c "import csv,sys; [print(r[4][:70], r[-3], r[-1], sep=' | ') for r in csv.reader(sys.stdin) if r[0] != 'ID']" || true
+    echo '```'; }
   wants model && { echo "## SAM-DETR model benchmark"; echo '```'; tail -n 25 "$logs/model.log"; echo '```'; }
 } >"$report"
 echo "report: $report"
