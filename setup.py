@@ -6,6 +6,9 @@ and dependencies are in pyproject.toml.
 """
 import glob
 import os
+import shutil
+import subprocess
+import sys
 
 # The `nvcc` on PATH may be a wrapper script, from which torch would guess the wrong toolkit root: prefer the
 # standard location unless the user chose one.
@@ -25,6 +28,42 @@ def _want_cuda() -> bool:
             raise RuntimeError("FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME")
         return True
     return CUDA_HOME is not None and torch.cuda.is_available()
+
+
+def _links_shared_libstdcxx(compiler: str) -> bool:
+    """Whether `compiler` links the shared libstdc++ (it finds libstdc++.so; GCC and Clang print a bare name when
+    they do not). Unknown drivers are given the benefit of the doubt."""
+    try:
+        found = subprocess.run([compiler, "-print-file-name=libstdc++.so"], capture_output=True, text=True,
+                               timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return os.path.isabs(found)
+
+
+def choose_host_compiler(env) -> None:
+    """torch's libraries use the shared libstdc++. A CXX that finds only the static archive (the H200 machine's
+    CC/CXX=/opt/gcc wrappers, 2026-12-04) links a second copy of the C++ runtime into _C.so, and the two copies'
+    streams do not mix: formatting a number into an error message segfaulted there, in
+    tests/test_cuda.py::test_backward_called_directly_with_no_bins_raises_clearly; built with the system g++ the
+    same test passed. So on Linux such a CXX is replaced (with a message) by the first of c++, g++ that links the
+    shared library, and CC with it; with none, the build stops and says why. `env` is updated in place."""
+    cxx = env.get("CXX")
+    if not cxx or not sys.platform.startswith("linux") or _links_shared_libstdcxx(cxx):
+        return
+    current = os.path.realpath(shutil.which(cxx, path=env.get("PATH")) or cxx)
+    for alt_cxx, alt_cc in (("c++", "cc"), ("g++", "gcc")):
+        path = shutil.which(alt_cxx, path=env.get("PATH"))
+        if path and os.path.realpath(path) != current and _links_shared_libstdcxx(path):
+            print(f"samdetr_ops: CXX={cxx} finds no shared libstdc++ (it would link a second, static C++ runtime "
+                  f"into the extension); building with {path} instead")
+            env["CXX"] = path
+            if "CC" in env:
+                env["CC"] = shutil.which(alt_cc, path=env.get("PATH")) or alt_cc
+            return
+    raise RuntimeError(f"CXX={cxx} finds no shared libstdc++ and no c++/g++ on PATH does: the extension would carry "
+                       "a second, static C++ runtime beside torch's and crash on its first formatted error "
+                       "message. Set CXX (and CC) to a compiler that links libstdc++.so.")
 
 
 def rel(pattern):
@@ -65,7 +104,9 @@ def _extension():
                          extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags)
 
 
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+if __name__ == "__main__":  # pip runs this file as __main__ too; tests import it for choose_host_compiler
+    choose_host_compiler(os.environ)
+    setup(
+        ext_modules=[_extension()],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
