@@ -35,7 +35,7 @@ if LOADED:
         _qualname = f"samdetr_ops::{_spec.name}"
         torch.library.register_fake(_qualname, _spec.fake)
         torch.library.register_fake(f"{_qualname}_backward", _spec.backward_fake)
-        _autograd.register(_qualname, getattr(torch.ops.samdetr_ops, f"{_spec.name}_backward"), _spec.name)
+        _autograd.register(_qualname, getattr(torch.ops.samdetr_ops, f"{_spec.name}_backward"), _spec.autograd)
         # A direct torch.ops call under torch.autocast computes in float32 (the public functions, in addition, cast
         # the result back to the input's dtype, as torchvision's roi_align does).
         for _device_type in ("cpu", "cuda"):

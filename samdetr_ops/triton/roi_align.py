@@ -89,4 +89,4 @@ def roi_align_backward(grad_output: torch.Tensor, boxes: torch.Tensor, feature_s
     return feature_grad(accum, grad_output.dtype)
 
 
-_autograd.register(roi_align, roi_align_backward, "roi_align")
+_autograd.register(roi_align, roi_align_backward, _autograd.roi_align)

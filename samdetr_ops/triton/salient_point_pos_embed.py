@@ -110,4 +110,4 @@ def salient_point_pos_embed_backward(grad_output: torch.Tensor, boxes_cxcywh: to
     return partials.sum(2).to(boxes_cxcywh.dtype), grad_points, grad_logits
 
 
-_autograd.register(salient_point_pos_embed, salient_point_pos_embed_backward, "salient_point_pos_embed")
+_autograd.register(salient_point_pos_embed, salient_point_pos_embed_backward, _autograd.salient_point_pos_embed)

@@ -138,4 +138,4 @@ def semantic_align_backward(grad_output: torch.Tensor, features: torch.Tensor, b
     return feature_grad(accum, features.dtype), grad_points, grad_logits
 
 
-_autograd.register(semantic_align, semantic_align_backward, "semantic_align")
+_autograd.register(semantic_align, semantic_align_backward, _autograd.semantic_align)
