@@ -14,9 +14,9 @@ Public ops (each equal, up to float rounding, to the unfused sequence of the sam
 
 `samdetr_ops.ops` holds drop-in replacements for torchvision.ops (roi_align, RoIAlign).
 """
-from . import _ops, ops, reference
+from . import _extension, ops, reference
 from ._backend import BACKENDS, available_backends, current_backend, set_backend, use_backend
-from ._functions import roi_align, salient_point_pos_embed, semantic_align
+from ._public import roi_align, salient_point_pos_embed, semantic_align
 from ._registry import OPS
 
 __all__ = ["roi_align", "semantic_align", "salient_point_pos_embed", "has_extension", "set_backend", "use_backend",
@@ -26,4 +26,4 @@ __version__ = "0.1.0"
 
 def has_extension() -> bool:
     """Whether the compiled C++ (and, if built, CUDA) kernels are loaded."""
-    return _ops.LOADED
+    return _extension.LOADED

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from . import _ops
+from . import _extension
 from ._registry import OPS
 
 BACKENDS = ("auto", "cpp", "triton", "reference")
@@ -67,9 +67,9 @@ def resolve(op: str, device):
         return OPS[op].reference
     if backend == "triton":
         return _triton_impl(op, device)
-    if _ops.has_kernel(op, device.type):
+    if _extension.has_kernel(op, device.type):
         return getattr(torch.ops.samdetr_ops, op)
-    reason = ("the compiled extension is not built" if not _ops.LOADED
+    reason = ("the compiled extension is not built" if not _extension.LOADED
               else f"the compiled extension has no {device.type} kernel")
     if backend == "cpp":
         raise RuntimeError(f"samdetr_ops: backend 'cpp' cannot run {op} on {device.type}: {reason} "

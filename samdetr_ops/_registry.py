@@ -1,7 +1,7 @@
 """The op registry: what the package, its tests and its benchmarks know about each op, in one place.
 
 Each OpSpec names the op's public function, reference (the specification), argument checks, fake kernels,
-autograd formula, Triton module and ONNX translation. samdetr_ops._ops registers the compiled op from it,
+autograd formula, Triton module and ONNX translation. samdetr_ops._extension registers the compiled op from it,
 samdetr_ops._backend dispatches through it, samdetr_ops.onnx translates through it, the tests and benchmarks iterate
 over OPS. Adding an op: README, "Adding an op".
 """

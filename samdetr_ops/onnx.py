@@ -42,7 +42,7 @@ except ImportError as error:
     raise ImportError(f"samdetr_ops.onnx needs onnx and onnxscript: pip install 'samdetr_ops[onnx]' ({error})") \
         from error
 
-from . import _checks, _ops
+from . import _checks, _extension
 from ._registry import OPS
 
 __all__ = ["translation_table", "export"]
@@ -157,7 +157,7 @@ def translation_table():
     `onnx_translation` names. Without the extension the ops run the reference sequence (torchvision's roi_align,
     grid_sample), which torch.onnx translates by itself."""
     namespaces = []
-    if _ops.LOADED:
+    if _extension.LOADED:
         namespaces.append(torch.ops.samdetr_ops)
     try:
         from . import triton  # noqa: F401  (registers torch.ops.samdetr_ops_triton)

@@ -1,4 +1,6 @@
-"""The public functions of the registered ops (re-exported by samdetr_ops): argument checks, autocast, backend."""
+"""The public functions of the registered ops (re-exported by samdetr_ops): argument checks, autocast, backend.
+(Not to be confused with samdetr_ops.ops, the torchvision drop-in, or samdetr_ops._extension, the compiled
+extension's loader.)"""
 import torch
 
 from . import _checks
