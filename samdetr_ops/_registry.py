@@ -3,7 +3,7 @@
 Each OpSpec names the op's public function, reference (the specification), argument checks, fake kernels,
 autograd formula, Triton module and ONNX translation. samdetr_ops._extension registers the compiled op from it,
 samdetr_ops._backend dispatches through it, samdetr_ops.onnx translates through it, the tests and benchmarks iterate
-over OPS. Adding an op: README, "Adding an op".
+over OP_SPECS. Adding an op: README, "Adding an op".
 """
 import dataclasses
 from typing import Callable, Optional
@@ -70,7 +70,7 @@ def _pos_embed_backward_fake(grad_output, boxes_cxcywh, points, weight_logits, t
     return tuple(_contiguous_empty_like(t) for t in (boxes_cxcywh, points, weight_logits))
 
 
-OPS = {spec.name: spec for spec in (
+OP_SPECS = {spec.name: spec for spec in (
     OpSpec(name="roi_align", tensor_args=("features", "boxes"), differentiable=("features",),
            reference=reference.roi_align, check=_checks.roi_align, fake=_roi_align_fake,
            backward_fake=_roi_align_backward_fake, autograd=_autograd.roi_align,
@@ -90,5 +90,5 @@ OPS = {spec.name: spec for spec in (
 
 def public(fn):
     """Marks `fn` as the public function of the registered op of the same name."""
-    OPS[fn.__name__].public = fn
+    OP_SPECS[fn.__name__].public = fn
     return fn

@@ -43,7 +43,7 @@ except ImportError as error:
         from error
 
 from . import _checks, _extension
-from ._registry import OPS
+from ._registry import OP_SPECS
 
 __all__ = ["translation_table", "export"]
 
@@ -166,7 +166,7 @@ def translation_table():
     except ImportError:
         pass
     return {getattr(namespace, name).default: globals()[spec.onnx_translation]
-            for namespace in namespaces for name, spec in OPS.items()}
+            for namespace in namespaces for name, spec in OP_SPECS.items()}
 
 
 def export(model, args, f=None, **kwargs):

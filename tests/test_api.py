@@ -131,8 +131,8 @@ def test_registry_describes_every_op():
     """Each registered op is exported, has its reference, checks, compiled forward and backward and Triton module."""
     import importlib.util
 
-    assert set(samdetr_ops.OPS) == {"roi_align", "semantic_align", "salient_point_pos_embed"}
-    for name, spec in samdetr_ops.OPS.items():
+    assert set(samdetr_ops.OP_SPECS) == {"roi_align", "semantic_align", "salient_point_pos_embed"}
+    for name, spec in samdetr_ops.OP_SPECS.items():
         assert getattr(samdetr_ops, name) is spec.public and spec.public.__name__ == name
         assert spec.reference is getattr(samdetr_ops.reference, name)
         assert set(spec.differentiable) <= set(spec.tensor_args)
@@ -140,6 +140,14 @@ def test_registry_describes_every_op():
         if samdetr_ops.has_extension():
             for op in (name, name + "_backward"):
                 assert torch._C._dispatch_has_kernel_for_dispatch_key(f"samdetr_ops::{op}", "CPU"), op
+
+
+def test_former_registry_name_warns_and_is_the_registry():
+    with pytest.warns(DeprecationWarning, match=r"samdetr_ops\.OPS is deprecated; use samdetr_ops\.OP_SPECS"):
+        registry = samdetr_ops.OPS
+    assert registry is samdetr_ops.OP_SPECS
+    with pytest.raises(AttributeError, match="no attribute 'NOT_A_NAME'"):
+        samdetr_ops.NOT_A_NAME
 
 
 def _package_imports():
