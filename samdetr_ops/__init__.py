@@ -12,18 +12,34 @@ Public ops (each equal, up to float rounding, to the unfused sequence of the sam
     salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0)
         boxes_cxcywh (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, D) -> (B, N, M, D)
 
-`samdetr_ops.ops` holds drop-in replacements for torchvision.ops (roi_align, RoIAlign).
+`samdetr_ops.ops` holds drop-in replacements for torchvision.ops (roi_align, RoIAlign). `samdetr_ops.OP_SPECS` is
+the op registry: {name: OpSpec} (OPS, its former name, still works and warns).
 """
-from . import _ops, ops, reference
+import warnings
+
+from . import _extension, ops, reference
 from ._backend import BACKENDS, available_backends, current_backend, set_backend, use_backend
-from ._functions import roi_align, salient_point_pos_embed, semantic_align
-from ._registry import OPS
+from ._public import roi_align, salient_point_pos_embed, semantic_align
+from ._registry import OP_SPECS
 
 __all__ = ["roi_align", "semantic_align", "salient_point_pos_embed", "has_extension", "set_backend", "use_backend",
-           "current_backend", "available_backends", "BACKENDS", "OPS", "ops", "reference"]
+           "current_backend", "available_backends", "BACKENDS", "OP_SPECS", "ops", "reference"]
 __version__ = "0.1.0"
 
 
 def has_extension() -> bool:
     """Whether the compiled C++ (and, if built, CUDA) kernels are loaded."""
-    return _ops.LOADED
+    return _extension.LOADED
+
+
+# former public names -> their current names: reading a former name warns (DeprecationWarning) and returns the
+# current object
+_DEPRECATED = {"OPS": "OP_SPECS"}
+
+
+def __getattr__(name):
+    if name in _DEPRECATED:
+        warnings.warn(f"samdetr_ops.{name} is deprecated; use samdetr_ops.{_DEPRECATED[name]}", DeprecationWarning,
+                      stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

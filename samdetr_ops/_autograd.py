@@ -9,12 +9,10 @@ samdetr_ops::* and the Triton samdetr_ops_triton::*). Each backend's backward op
 import torch
 
 
-def register(forward_op, backward_op, kind):
-    """Registers forward_op's autograd (forward_op: an op name or a triton_op) with backward_op as its backward,
-    by the formula of the registered op named `kind`."""
-    from ._registry import OPS  # the registry imports this module
-
-    setup_context, backward = OPS[kind].autograd(backward_op)
+def register(forward_op, backward_op, formula):
+    """Registers forward_op's autograd (forward_op: an op name or a triton_op) with backward_op as its backward, by
+    `formula`, one of the functions below (an OpSpec's `autograd` field): backward_op -> (setup_context, backward)."""
+    setup_context, backward = formula(backward_op)
     if isinstance(forward_op, str):
         torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
     else:

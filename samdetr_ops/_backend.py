@@ -11,8 +11,8 @@ import warnings
 
 import torch
 
-from . import _ops
-from ._registry import OPS
+from . import _extension
+from ._registry import OP_SPECS
 
 BACKENDS = ("auto", "cpp", "triton", "reference")
 ENV_VAR = "SAMDETR_OPS_BACKEND"
@@ -64,12 +64,12 @@ def resolve(op: str, device):
     """The callable that computes `op` for tensors on `device` under the current backend."""
     backend = _state["backend"]
     if backend == "reference":
-        return OPS[op].reference
+        return OP_SPECS[op].reference
     if backend == "triton":
         return _triton_impl(op, device)
-    if _ops.has_kernel(op, device.type):
+    if _extension.has_kernel(op, device.type):
         return getattr(torch.ops.samdetr_ops, op)
-    reason = ("the compiled extension is not built" if not _ops.LOADED
+    reason = ("the compiled extension is not built" if not _extension.LOADED
               else f"the compiled extension has no {device.type} kernel")
     if backend == "cpp":
         raise RuntimeError(f"samdetr_ops: backend 'cpp' cannot run {op} on {device.type}: {reason} "
@@ -78,7 +78,7 @@ def resolve(op: str, device):
         _warned.add((op, device.type))
         warnings.warn(f"samdetr_ops.{op}: {reason}; falling back to the unfused reference (slow)", RuntimeWarning,
                       stacklevel=4)
-    return OPS[op].reference
+    return OP_SPECS[op].reference
 
 
 def available_backends(op: str, device) -> list:

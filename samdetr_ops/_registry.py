@@ -1,8 +1,9 @@
 """The op registry: what the package, its tests and its benchmarks know about each op, in one place.
 
 Each OpSpec names the op's public function, reference (the specification), argument checks, fake kernels,
-autograd formula and Triton module. samdetr_ops._ops registers the compiled op from it, samdetr_ops._backend
-dispatches through it, the tests and benchmarks iterate over OPS. Adding an op: README, "Adding an op".
+autograd formula, Triton module and ONNX translation. samdetr_ops._extension registers the compiled op from it,
+samdetr_ops._backend dispatches through it, samdetr_ops.onnx translates through it, the tests and benchmarks iterate
+over OP_SPECS. Adding an op: README, "Adding an op".
 """
 import dataclasses
 from typing import Callable, Optional
@@ -23,6 +24,8 @@ class OpSpec:
     backward_fake: Callable       # the backward op's likewise
     autograd: Callable            # backward_op -> (setup_context, backward) (samdetr_ops._autograd)
     triton_module: str            # samdetr_ops.triton.<module> defines a triton_op named like the op
+    onnx_translation: str         # samdetr_ops.onnx.<function>: the onnxscript translation of the forward op into
+                                  # standard ONNX operators (named, not imported: onnxscript is an optional extra)
     public: Optional[Callable] = None  # the function samdetr_ops exports (set by `public` below)
 
 
@@ -67,22 +70,25 @@ def _pos_embed_backward_fake(grad_output, boxes_cxcywh, points, weight_logits, t
     return tuple(_contiguous_empty_like(t) for t in (boxes_cxcywh, points, weight_logits))
 
 
-OPS = {spec.name: spec for spec in (
+OP_SPECS = {spec.name: spec for spec in (
     OpSpec(name="roi_align", tensor_args=("features", "boxes"), differentiable=("features",),
            reference=reference.roi_align, check=_checks.roi_align, fake=_roi_align_fake,
-           backward_fake=_roi_align_backward_fake, autograd=_autograd.roi_align, triton_module="roi_align"),
+           backward_fake=_roi_align_backward_fake, autograd=_autograd.roi_align,
+           triton_module="roi_align", onnx_translation="roi_align"),
     OpSpec(name="semantic_align", tensor_args=("features", "boxes", "points", "weight_logits"),
            differentiable=("features", "points", "weight_logits"), reference=reference.semantic_align,
            check=_checks.semantic_align, fake=_semantic_align_fake, backward_fake=_semantic_align_backward_fake,
-           autograd=_autograd.semantic_align, triton_module="semantic_align"),
+           autograd=_autograd.semantic_align,
+           triton_module="semantic_align", onnx_translation="semantic_align"),
     OpSpec(name="salient_point_pos_embed", tensor_args=("boxes_cxcywh", "points", "weight_logits"),
            differentiable=("boxes_cxcywh", "points", "weight_logits"), reference=reference.salient_point_pos_embed,
            check=_checks.salient_point_pos_embed, fake=_pos_embed_fake, backward_fake=_pos_embed_backward_fake,
-           autograd=_autograd.salient_point_pos_embed, triton_module="salient_point_pos_embed"),
+           autograd=_autograd.salient_point_pos_embed,
+           triton_module="salient_point_pos_embed", onnx_translation="salient_point_pos_embed"),
 )}
 
 
 def public(fn):
     """Marks `fn` as the public function of the registered op of the same name."""
-    OPS[fn.__name__].public = fn
+    OP_SPECS[fn.__name__].public = fn
     return fn

@@ -1,4 +1,7 @@
 """nn.Modules built on the fused ops, for SAM-DETR and other DETR variants."""
+import warnings
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -7,7 +10,35 @@ import samdetr_ops
 
 from . import reference
 
-OPS = {"fused": samdetr_ops, "reference": reference}
+# SemanticAligner's `implementation` -> the module whose roi_align, semantic_align and salient_point_pos_embed it
+# calls: "fused" the samdetr_ops ops (on the current backend), "reference" the unfused official sequence.
+IMPLEMENTATIONS = {"fused": samdetr_ops, "reference": reference}
+
+# former public names of this module -> their current names (reading a former name warns)
+_DEPRECATED = {"OPS": "IMPLEMENTATIONS"}
+
+
+def __getattr__(name):
+    if name in _DEPRECATED:
+        warnings.warn(f"samdetr_ops.nn.{name} is deprecated; use samdetr_ops.nn.{_DEPRECATED[name]}",
+                      DeprecationWarning, stacklevel=2)
+        return globals()[_DEPRECATED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _implementation_argument(implementation, ops):
+    """SemanticAligner's implementation, from `implementation` or the deprecated keyword `ops` (which warns)."""
+    keyword = "implementation"
+    if ops is not None:
+        warnings.warn("SemanticAligner(ops=...) is deprecated; use SemanticAligner(implementation=...)",
+                      DeprecationWarning, stacklevel=3)
+        if implementation not in ("fused", ops):  # "fused" is the default: only an explicit other value conflicts
+            raise TypeError(f"SemanticAligner: got implementation={implementation!r} and ops={ops!r} (the former "
+                            "name of the same argument); give implementation only")
+        implementation, keyword = ops, "ops"
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"SemanticAligner: {keyword} must be one of {sorted(IMPLEMENTATIONS)}, got {implementation!r}")
+    return implementation
 
 
 class SemanticAligner(nn.Module):
@@ -38,22 +69,24 @@ class SemanticAligner(nn.Module):
     returns query_aligned (B, N, M, C), query_pos (B, N, M, C), points (B, N, M, 2) (x, y) in [-1, 1] of the box,
     and, with smca=True, a fourth tensor scales (B, N, M, 2): the per-head Gaussian scales of SMCA.
 
-    With ops="fused" the point predictor's input is computed as relu(RoIAlign(point_conv's 1x1 projection of memory,
-    without bias) + bias): the conv and RoIAlign commute, so this is the same function (tests check outputs and
-    gradients against the official order), with a 4x cheaper RoIAlign and the conv over the map, not the RoIs.
+    With implementation="fused" the point predictor's input is computed as relu(RoIAlign(point_conv's 1x1
+    projection of memory, without bias) + bias): the conv and RoIAlign commute, so this is the same function (tests
+    check outputs and gradients against the official order), with a 4x cheaper RoIAlign and the conv over the map,
+    not the RoIs.
 
     As in the official code (its sine embedding runs under no_grad), query_pos passes gradient only to
     reweight_pos, not to the points or the boxes; the boxes receive no gradient at all (neither does RoIAlign's).
-    ops="fused" runs samdetr_ops (the current backend); ops="reference" the unfused official sequence
-    (samdetr_ops.reference: RoIAlign, then RoIAlign again inside the sampling).
+    implementation="fused" runs samdetr_ops (the current backend); implementation="reference" the unfused official
+    sequence (samdetr_ops.reference: RoIAlign, then RoIAlign again inside the sampling). `ops`, the former name of
+    `implementation`, still works and warns (DeprecationWarning); so do reading and setting the attribute `ops`.
     """
 
-    def __init__(self, d_model=256, num_points=8, roi_size=7, smca=False, ops="fused", temperature=10000.0):
+    def __init__(self, d_model=256, num_points=8, roi_size=7, smca=False, implementation="fused", temperature=10000.0,
+                 *, ops: Optional[str] = None):
         super().__init__()
-        if ops not in OPS:
-            raise ValueError(f"SemanticAligner: ops must be one of {sorted(OPS)}, got {ops!r}")
+        implementation = _implementation_argument(implementation, ops)
         self.d_model, self.num_points, self.roi_size, self.smca = d_model, num_points, roi_size, smca
-        self.ops, self.temperature = ops, temperature
+        self.implementation, self.temperature = implementation, temperature
         self.point_conv = nn.Sequential(nn.Conv2d(d_model, d_model // 4, 1), nn.ReLU())
         outputs_per_point = 4 if smca else 2
         self.point_mlp = nn.Sequential(
@@ -64,8 +97,26 @@ class SemanticAligner(nn.Module):
         self.reweight_query = nn.Linear(d_model, num_points * d_model)
         self.reweight_pos = nn.Linear(d_model, num_points * d_model)
 
+    @property
+    def ops(self):
+        """Deprecated: the former name of `implementation`."""
+        warnings.warn("SemanticAligner.ops is deprecated; use SemanticAligner.implementation", DeprecationWarning,
+                      stacklevel=2)
+        return self.implementation
+
+    @ops.setter
+    def ops(self, value):
+        warnings.warn("SemanticAligner.ops is deprecated; use SemanticAligner.implementation", DeprecationWarning,
+                      stacklevel=2)
+        self.implementation = _implementation_argument(value, None)
+
+    def __setstate__(self, state):  # a module pickled before the rename holds `ops`
+        if "ops" in state and "implementation" not in state:
+            state["implementation"] = state.pop("ops")
+        super().__setstate__(state)
+
     def forward(self, memory, reference_boxes, query, valid_ratios=None):
-        ops = OPS[self.ops]
+        impl = IMPLEMENTATIONS[self.implementation]
         B, C, H, W = memory.shape
         N, M, S = reference_boxes.shape[1], self.num_points, self.roi_size
         # boxes in feature-map pixels: Python scale factors, so no constant tensor is built per call
@@ -73,7 +124,7 @@ class SemanticAligner(nn.Module):
         scale_x, scale_y = (W, H) if valid_ratios is None else (valid_ratios[:, 0:1] * W, valid_ratios[:, 1:2] * H)
         boxes = torch.stack(((cx - 0.5 * w) * scale_x, (cy - 0.5 * h) * scale_y,
                              (cx + 0.5 * w) * scale_x, (cy + 0.5 * h) * scale_y), dim=-1)  # (B, N, 4) x1 y1 x2 y2
-        if self.ops == "fused":
+        if self.implementation == "fused":
             # The 1x1 conv commutes with RoIAlign (one mixes channels at each pixel, the other interpolates each
             # channel), except for its bias: RoIAlign does not preserve constants at the map's edges, so the bias
             # is added after. So the B*H*W map pixels are projected to C/4 channels and those are aligned, instead
@@ -81,16 +132,16 @@ class SemanticAligner(nn.Module):
             # conv over the map (16x16 at 512x512) instead of over the RoIs (300 x 7x7 per image).
             conv = self.point_conv[0]
             projected = F.conv2d(memory, conv.weight)                                          # (B, C/4, H, W)
-            rois = ops.roi_align(projected, boxes, S, 1.0, -1, True)                            # (B, N, C/4, S, S)
+            rois = impl.roi_align(projected, boxes, S, 1.0, -1, True)                            # (B, N, C/4, S, S)
             hidden = torch.relu(rois + conv.bias[:, None, None]).flatten(0, 1).flatten(1)    # (B*N, C/4*S*S)
         else:  # the official order
-            rois = ops.roi_align(memory, boxes, S, 1.0, -1, True)                               # (B, N, C, S, S)
+            rois = impl.roi_align(memory, boxes, S, 1.0, -1, True)                               # (B, N, C, S, S)
             hidden = self.point_conv(rois.flatten(0, 1)).flatten(1)                            # (B*N, C/4*S*S)
         out = self.point_mlp(hidden).view(B, N, -1)                                        # (B, N, 2M or 4M)
         points = out[..., :2 * M].view(B, N, M, 2).tanh()                                  # (B, N, M, 2) x, y
-        query_aligned = ops.semantic_align(memory, boxes, points, self.reweight_query(query).view(B, N, M, C),
+        query_aligned = impl.semantic_align(memory, boxes, points, self.reweight_query(query).view(B, N, M, C),
                                            S, 1.0, -1, True)                               # (B, N, M, C)
-        query_pos = ops.salient_point_pos_embed(reference_boxes.detach(), points.detach(),
+        query_pos = impl.salient_point_pos_embed(reference_boxes.detach(), points.detach(),
                                                 self.reweight_pos(query).view(B, N, M, C), self.temperature)
         if self.smca:
             return query_aligned, query_pos, points, out[..., 2 * M:].reshape(B, N, M, 2)

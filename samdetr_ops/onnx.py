@@ -42,7 +42,8 @@ except ImportError as error:
     raise ImportError(f"samdetr_ops.onnx needs onnx and onnxscript: pip install 'samdetr_ops[onnx]' ({error})") \
         from error
 
-from . import _checks, _ops
+from . import _checks, _extension
+from ._registry import OP_SPECS
 
 __all__ = ["translation_table", "export"]
 
@@ -149,17 +150,14 @@ def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature: fl
     return op.Mul(embedding, op.Sigmoid(weight_logits))
 
 
-_TRANSLATIONS = {"roi_align": roi_align, "semantic_align": semantic_align,
-                 "salient_point_pos_embed": salient_point_pos_embed}
-
-
 def translation_table():
     """{op overload: onnxscript function} for torch.onnx.export(..., dynamo=True, custom_translation_table=...):
     the forward ops of the compiled namespace (samdetr_ops, when the extension is built) and of the Triton one
-    (samdetr_ops_triton, when Triton imports). Without the extension the ops run the reference sequence
-    (torchvision's roi_align, grid_sample), which torch.onnx translates by itself."""
+    (samdetr_ops_triton, when Triton imports), each mapped to the function of this module its OpSpec's
+    `onnx_translation` names. Without the extension the ops run the reference sequence (torchvision's roi_align,
+    grid_sample), which torch.onnx translates by itself."""
     namespaces = []
-    if _ops.LOADED:
+    if _extension.LOADED:
         namespaces.append(torch.ops.samdetr_ops)
     try:
         from . import triton  # noqa: F401  (registers torch.ops.samdetr_ops_triton)
@@ -167,8 +165,8 @@ def translation_table():
         namespaces.append(torch.ops.samdetr_ops_triton)
     except ImportError:
         pass
-    return {getattr(namespace, name).default: function
-            for namespace in namespaces for name, function in _TRANSLATIONS.items()}
+    return {getattr(namespace, name).default: globals()[spec.onnx_translation]
+            for namespace in namespaces for name, spec in OP_SPECS.items()}
 
 
 def export(model, args, f=None, **kwargs):

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.jit.annotations import BroadcastingList2
 from torch.nn.modules.utils import _pair
 
-from . import _functions
+from . import _public
 
 __all__ = ["roi_align", "RoIAlign", "BoxFormatError"]
 
@@ -87,7 +87,7 @@ def _batched_boxes(batch_size: int, boxes: Union[Tensor, List[Tensor]]) -> Tuple
 def _roi_align_batched(input: Tensor, boxes: Tensor, output_size: List[int], spatial_scale: float,
                        sampling_ratio: int, aligned: bool) -> Tensor:
     """samdetr_ops.roi_align (backend choice, autocast, checks) on the (B, N, 4) batch."""
-    return _functions.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
+    return _public.roi_align(input, boxes, output_size, spatial_scale, sampling_ratio, aligned)
 
 
 def roi_align(input: Tensor, boxes: Union[Tensor, List[Tensor]], output_size: BroadcastingList2[int],

@@ -110,14 +110,14 @@ def gradcheck_device(backend):
 
 
 def check_against_reference(op, inputs, args=(), backend="cpp", grad_tol_scale=None, g=None):
-    """Checks registered op `op` (samdetr_ops.OPS) on one backend against its reference, the way torchvision's
+    """Checks registered op `op` (samdetr_ops.OP_SPECS) on one backend against its reference, the way torchvision's
     RoIOpTester checks its ops: the output (shape, dtype, device, values) and the gradient of every differentiable
     input for one random output gradient, within FORWARD_TOL / BACKWARD_TOL of the inputs' dtype.
 
     inputs: the op's tensor arguments in order (any device, any dtype of the tolerance tables); args: the scalar
     arguments that follow; grad_tol_scale: {input name: factor} widening BACKWARD_TOL for a gradient that sums
     many terms (the caller says why); g: the generator of the output gradient. Returns (output, gradients)."""
-    spec = samdetr_ops.OPS[op]
+    spec = samdetr_ops.OP_SPECS[op]
     names = spec.tensor_args
     assert len(inputs) == len(names), f"{op} takes the tensors {names}"
     leaves = [t.detach().requires_grad_(name in spec.differentiable) for name, t in zip(names, inputs)]

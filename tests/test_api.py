@@ -131,8 +131,8 @@ def test_registry_describes_every_op():
     """Each registered op is exported, has its reference, checks, compiled forward and backward and Triton module."""
     import importlib.util
 
-    assert set(samdetr_ops.OPS) == {"roi_align", "semantic_align", "salient_point_pos_embed"}
-    for name, spec in samdetr_ops.OPS.items():
+    assert set(samdetr_ops.OP_SPECS) == {"roi_align", "semantic_align", "salient_point_pos_embed"}
+    for name, spec in samdetr_ops.OP_SPECS.items():
         assert getattr(samdetr_ops, name) is spec.public and spec.public.__name__ == name
         assert spec.reference is getattr(samdetr_ops.reference, name)
         assert set(spec.differentiable) <= set(spec.tensor_args)
@@ -140,6 +140,84 @@ def test_registry_describes_every_op():
         if samdetr_ops.has_extension():
             for op in (name, name + "_backward"):
                 assert torch._C._dispatch_has_kernel_for_dispatch_key(f"samdetr_ops::{op}", "CPU"), op
+
+
+def test_former_registry_name_warns_and_is_the_registry():
+    with pytest.warns(DeprecationWarning, match=r"samdetr_ops\.OPS is deprecated; use samdetr_ops\.OP_SPECS"):
+        registry = samdetr_ops.OPS
+    assert registry is samdetr_ops.OP_SPECS
+    with pytest.raises(AttributeError, match="no attribute 'NOT_A_NAME'"):
+        samdetr_ops.NOT_A_NAME
+
+
+def _package_imports():
+    """{module: the samdetr_ops modules it imports} for every Python module of the package, read from its source:
+    every import statement, those inside functions (lazy imports) included; a package stands for its __init__.
+    `from package import name` reaches the submodule `name` if there is one, else the package's __init__ if that
+    defines `name` (else a compiled module such as _C, which imports nothing of ours)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(samdetr_ops.__file__).parent
+    files = {".".join(("samdetr_ops",) + p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in root.rglob("*.py")}
+    trees = {name: ast.parse(path.read_text()) for name, path in files.items()}
+
+    def defines(package, name):
+        """Whether the package's __init__ binds `name` at its top level."""
+        for node in trees[package].body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound = {(a.asname or a.name).split(".")[0] for a in node.names}
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                bound = {node.name}
+            else:
+                bound = {t.id for t in ast.walk(node) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)}
+            if name in bound:
+                return True
+        return False
+
+    graph = {}
+    for name, tree in trees.items():
+        package = name if files[name].name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names if a.name.split(".")[0] == "samdetr_ops")
+            elif isinstance(node, ast.ImportFrom):
+                base = package.rsplit(".", node.level - 1)[0] if node.level else node.module
+                if node.level and node.module:
+                    base = f"{base}.{node.module}"
+                if base.split(".")[0] != "samdetr_ops":
+                    continue
+                for alias in node.names:
+                    submodule = f"{base}.{alias.name}"
+                    if submodule in files:
+                        targets.add(submodule)
+                    elif base in files and defines(base, alias.name):
+                        targets.add(base)
+        graph[name] = targets & set(files)
+    return graph
+
+
+def test_no_import_circle_in_the_package():
+    """No module of the package imports, directly or through others, a module that imports it (at import time or
+    lazily inside a function): each module can be read on its own, below the ones it uses."""
+    graph = _package_imports()
+    assert "samdetr_ops._registry" in graph["samdetr_ops._extension"]  # the graph is read at all
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            raise AssertionError("import circle: " + " -> ".join(path[path.index(module):] + [module]))
+        if module not in done:
+            path.append(module)
+            for target in sorted(graph[module]):
+                visit(target)
+            path.pop()
+            done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])

@@ -2,6 +2,7 @@
 (N, B) layout, on every backend; the fused ops and the reference ops agree in values and in every gradient."""
 import math
 import os
+import pickle
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 import torchvision
 
 import samdetr_ops
+import samdetr_ops.nn
 from helpers import DEVICES, generator, make_cxcywh, randn
 from samdetr_ops.nn import SemanticAligner
 
@@ -104,14 +106,15 @@ def _values_and_gradients(block, memory, boxes, query, valid_ratios):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("smca", [False, True])
 def test_fused_ops_match_reference_ops(device, smca):
-    """ops="fused" (cpp kernels) and ops="reference" (the unfused official sequence): same values and every
-    gradient (memory, query, parameters), float64."""
+    """implementation="fused" (cpp kernels) and implementation="reference" (the unfused official sequence): same
+    values and every gradient (memory, query, parameters), float64."""
     g = generator("nn", device, smca)
     B, C, H, W, N, M = 2, 32, 9, 11, 6, 4
     torch.manual_seed(0)
     fused = SemanticAligner(d_model=C, num_points=M, smca=smca).to(device=device, dtype=torch.float64)
     randomise_last_layer(fused, g)
-    reference = SemanticAligner(d_model=C, num_points=M, smca=smca, ops="reference").to(device, torch.float64)
+    reference = SemanticAligner(d_model=C, num_points=M, smca=smca, implementation="reference").to(device,
+                                                                                                    torch.float64)
     reference.load_state_dict(fused.state_dict())
     memory_tokens, boxes, query, valid_ratios = make_inputs(g, B, C, H, W, N, device)
     memory = memory_tokens.transpose(1, 2).view(B, C, H, W).requires_grad_()   # channels-last view
@@ -144,12 +147,53 @@ def test_triton_backend_matches_reference_ops():
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
-def test_last_point_layer_starts_at_zero_and_bad_ops_raise():
+def test_last_point_layer_starts_at_zero_and_bad_implementation_raises():
     block = SemanticAligner(d_model=32, num_points=4, smca=True)
     assert block.point_mlp[-1].weight.abs().sum() == 0 and block.point_mlp[-1].bias.abs().sum() == 0
     assert block.point_mlp[-1].out_features == 16 and block.reweight_query.out_features == 4 * 32
-    with pytest.raises(ValueError, match="ops must be one of"):
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        SemanticAligner(d_model=32, implementation="fast")
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="ops must be one of"):
         SemanticAligner(d_model=32, ops="fast")
+
+
+@pytest.mark.parametrize("implementation", ["fused", "reference"])
+def test_former_keyword_ops_warns_and_builds_the_same_module(implementation):
+    """SemanticAligner(ops=...), the former name of implementation=, warns and builds the same module: same
+    implementation, parameters (names and values) and outputs. The attribute `ops` and samdetr_ops.nn.OPS (the former
+    name of IMPLEMENTATIONS) likewise warn and still work, and a module pickled with `ops` loads."""
+    g = generator("nn-former-keyword")
+    B, C, H, W, N, M = 2, 16, 5, 6, 3, 2
+    torch.manual_seed(0)
+    new = SemanticAligner(d_model=C, num_points=M, implementation=implementation).double()
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=r"SemanticAligner\(ops=\.\.\.\) is deprecated"):
+        old = SemanticAligner(d_model=C, num_points=M, ops=implementation).double()
+    assert old.implementation == new.implementation == implementation
+    new_state, old_state = new.state_dict(), old.state_dict()
+    assert list(new_state) == list(old_state) and all(torch.equal(new_state[k], old_state[k]) for k in new_state)
+    randomise_last_layer(new, g)
+    old.load_state_dict(new.state_dict())
+    memory_tokens, boxes, query, valid_ratios = make_inputs(g, B, C, H, W, N, "cpu")
+    memory = memory_tokens.transpose(1, 2).view(B, C, H, W)
+    for a, b in zip(new(memory, boxes, query, valid_ratios), old(memory, boxes, query, valid_ratios)):
+        assert torch.equal(a, b)
+    with pytest.warns(DeprecationWarning, match=r"SemanticAligner\.ops is deprecated"):
+        assert old.ops == implementation
+    with pytest.warns(DeprecationWarning, match=r"SemanticAligner\.ops is deprecated"):
+        old.ops = "reference"
+    assert old.implementation == "reference"
+    pickled_before_the_rename = SemanticAligner(d_model=C, num_points=M, implementation=implementation)
+    pickled_before_the_rename.__dict__["ops"] = pickled_before_the_rename.__dict__.pop("implementation")
+    assert pickle.loads(pickle.dumps(pickled_before_the_rename)).implementation == implementation
+    with pytest.warns(DeprecationWarning, match=r"samdetr_ops\.nn\.OPS is deprecated"):
+        assert samdetr_ops.nn.OPS is samdetr_ops.nn.IMPLEMENTATIONS
+
+
+def test_implementation_is_also_the_fifth_positional_argument_and_a_conflict_raises():
+    assert SemanticAligner(16, 2, 7, False, "reference").implementation == "reference"
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="give implementation only"):
+        SemanticAligner(d_model=16, implementation="reference", ops="fused")
 
 
 def test_appended_denoising_queries_leave_the_matching_queries_unchanged():

@@ -3,14 +3,14 @@ samdetr_ops_triton), so torch.compile sees through them, defined in the module t
 tensors, and on CPU tensors under the Triton interpreter (TRITON_INTERPRET=1, set before samdetr_ops.triton is
 first imported), which is how CI tests them."""
 import importlib
-import os
 
 import triton  # noqa: F401  (ImportError here: the backend is unavailable)
 
-from .._registry import OPS
+from .._registry import OP_SPECS
+from ._common import INTERPRET
 
-_OPS = {name: getattr(importlib.import_module(f".{spec.triton_module}", __name__), name) for name, spec in OPS.items()}
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_TRITON_OPS = {name: getattr(importlib.import_module(f".{spec.triton_module}", __name__), name)
+               for name, spec in OP_SPECS.items()}
 
 
 def unavailable_reason(device):
@@ -25,4 +25,4 @@ def get(op, device):
     """The Triton op for `op` on `device`, or None."""
     if unavailable_reason(device) is not None:
         return None
-    return _OPS.get(op)
+    return _TRITON_OPS.get(op)

@@ -19,8 +19,21 @@ import torch
 import triton
 import triton.language as tl
 
+# Read once, here, for the whole backend (triton.jit reads it likewise as each kernel is decorated, at import: a
+# later change of the variable would not change how the kernels run).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_SAMPLES_PER_AXIS: tl.constexpr = tl.constexpr(1 << 24)  # as kMaxSamplesPerAxis in csrc/samdetr_math.h
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The op-math type every kernel accumulates in, as the C++ kernels' opmath_t: float64 stays, every other dtype
+    (float32, float16, bfloat16) accumulates in float32. Also the dtype of the backward's accumulation buffers."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def acc_dtype(dtype: torch.dtype):
+    """accumulation_dtype as the Triton dtype the kernels take as their ACC constexpr."""
+    return tl.float64 if accumulation_dtype(dtype) == torch.float64 else tl.float32
 
 
 def autotune_configs(*warps):
@@ -52,10 +65,9 @@ def alert_atomic_scatter(op):
 
 
 def feature_grad_accumulator(feature_shape, dtype, device):
-    """The (B, H, W, C) zeros a backward kernel scatters the feature gradient into, in the op-math type (float64
-    for float64, else float32)."""
+    """The (B, H, W, C) zeros a backward kernel scatters the feature gradient into, in accumulation_dtype."""
     B, C, H, W = feature_shape
-    return torch.zeros((B, H, W, C), dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=device)
+    return torch.zeros((B, H, W, C), dtype=accumulation_dtype(dtype), device=device)
 
 
 def feature_grad(accum, dtype):

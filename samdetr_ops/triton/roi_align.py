@@ -6,6 +6,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
 from ._common import (
+    acc_dtype,
     alert_atomic_scatter,
     autotune_configs,
     bin_scatter,
@@ -16,11 +17,6 @@ from ._common import (
     program_index,
     roi_geometry,
 )
-
-
-def acc_dtype(dtype):
-    """Op-math type: float64 stays, everything else accumulates in float32."""
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 @triton.autotune(configs=autotune_configs(2, 4, 8), key=["C"])
@@ -93,4 +89,4 @@ def roi_align_backward(grad_output: torch.Tensor, boxes: torch.Tensor, feature_s
     return feature_grad(accum, grad_output.dtype)
 
 
-_autograd.register(roi_align, roi_align_backward, "roi_align")
+_autograd.register(roi_align, roi_align_backward, _autograd.roi_align)

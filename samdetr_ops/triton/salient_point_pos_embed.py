@@ -7,8 +7,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
-from ._common import autotune_configs, float_arg, program_index
-from .roi_align import acc_dtype
+from ._common import acc_dtype, accumulation_dtype, autotune_configs, float_arg, program_index
 
 
 @triton.jit
@@ -102,8 +101,7 @@ def salient_point_pos_embed_backward(grad_output: torch.Tensor, boxes_cxcywh: to
     half = D // 2
     grad_points = points.new_zeros((B, N, M, 2))
     grad_logits = weight_logits.new_zeros((B, N, M, D))
-    partial_dtype = torch.float64 if boxes_cxcywh.dtype == torch.float64 else torch.float32
-    partials = boxes_cxcywh.new_zeros((B, N, M, 4), dtype=partial_dtype)
+    partials = boxes_cxcywh.new_zeros((B, N, M, 4), dtype=accumulation_dtype(boxes_cxcywh.dtype))
     if B * N * M * D > 0:
         wrap_triton(_backward_kernel)[(B * N * M,)](
             grad_output.contiguous(), boxes_cxcywh.contiguous(), points.contiguous(), weight_logits.contiguous(),
@@ -112,4 +110,4 @@ def salient_point_pos_embed_backward(grad_output: torch.Tensor, boxes_cxcywh: to
     return partials.sum(2).to(boxes_cxcywh.dtype), grad_points, grad_logits
 
 
-_autograd.register(salient_point_pos_embed, salient_point_pos_embed_backward, "salient_point_pos_embed")
+_autograd.register(salient_point_pos_embed, salient_point_pos_embed_backward, _autograd.salient_point_pos_embed)

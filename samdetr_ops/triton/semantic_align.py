@@ -9,6 +9,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
 from ._common import (
+    acc_dtype,
     alert_atomic_scatter,
     autotune_configs,
     bin_scatter,
@@ -20,7 +21,6 @@ from ._common import (
     program_index,
     roi_geometry,
 )
-from .roi_align import acc_dtype
 
 
 @triton.jit
@@ -138,4 +138,4 @@ def semantic_align_backward(grad_output: torch.Tensor, features: torch.Tensor, b
     return feature_grad(accum, features.dtype), grad_points, grad_logits
 
 
-_autograd.register(semantic_align, semantic_align_backward, "semantic_align")
+_autograd.register(semantic_align, semantic_align_backward, _autograd.semantic_align)

@@ -4,7 +4,7 @@ in C++ (csrc/)."""
 import torch
 
 from . import _autograd
-from ._registry import OPS
+from ._registry import OP_SPECS
 
 try:
     from . import _C  # noqa: F401  (registers the samdetr_ops::* schemas and kernels)
@@ -19,7 +19,7 @@ LOADED = _LOAD_ERROR is None
 # static), so that backend choice is a plain lookup that torch.compile traces through.
 KERNELS = frozenset(
     (op, device_type)
-    for op in OPS
+    for op in OP_SPECS
     for device_type, key in (("cpu", "CPU"), ("cuda", "CUDA"))
     if LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(f"samdetr_ops::{op}", key)
 )
@@ -31,11 +31,11 @@ def has_kernel(op_name: str, device_type: str) -> bool:
 
 
 if LOADED:
-    for _spec in OPS.values():
+    for _spec in OP_SPECS.values():
         _qualname = f"samdetr_ops::{_spec.name}"
         torch.library.register_fake(_qualname, _spec.fake)
         torch.library.register_fake(f"{_qualname}_backward", _spec.backward_fake)
-        _autograd.register(_qualname, getattr(torch.ops.samdetr_ops, f"{_spec.name}_backward"), _spec.name)
+        _autograd.register(_qualname, getattr(torch.ops.samdetr_ops, f"{_spec.name}_backward"), _spec.autograd)
         # A direct torch.ops call under torch.autocast computes in float32 (the public functions, in addition, cast
         # the result back to the input's dtype, as torchvision's roi_align does).
         for _device_type in ("cpu", "cuda"):

@@ -1,9 +1,11 @@
-"""The public functions of the registered ops (re-exported by samdetr_ops): argument checks, autocast, backend."""
+"""The public functions of the registered ops (re-exported by samdetr_ops): argument checks, autocast, backend.
+(Not to be confused with samdetr_ops.ops, the torchvision drop-in, or samdetr_ops._extension, the compiled
+extension's loader.)"""
 import torch
 
 from . import _checks
 from ._backend import resolve
-from ._registry import OPS, public
+from ._registry import OP_SPECS, public
 
 
 def _autocast_device_types():
@@ -33,7 +35,7 @@ def _call(op, *args):
         if device_type in _AUTOCAST_DEVICE_TYPES and torch.is_autocast_enabled(device_type):
             out_dtype = first.dtype
             args = tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args)
-    OPS[op].check(*args)
+    OP_SPECS[op].check(*args)
     out = resolve(op, first.device)(*args)
     return out if out_dtype is None else out.to(out_dtype)
 
