@@ -195,4 +195,14 @@ inline std::vector<std::array<int64_t, 3>> check_ms_deform_attn_levels(const cha
   return levels;
 }
 
+// ms_deform_attn_backward: grad_output (B, Q, heads * D) with the dtype and device of value (B, S, heads, D).
+inline void check_ms_deform_attn_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& value,
+                                             int64_t B, int64_t Q) {
+  const std::vector<int64_t> expected = {B, Q, value.size(2) * value.size(3)};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), "samdetr_ops.", op,
+                    ": `grad_output` must have shape (B, Q, heads * D) = ", at::IntArrayRef(expected), ", got ",
+                    grad_output.sizes());
+  check_same_device_dtype(op, value, "value", grad_output, "grad_output");
+}
+
 }  // namespace samdetr

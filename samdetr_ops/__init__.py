@@ -11,16 +11,19 @@ Public ops (each equal, up to float rounding, to the unfused sequence of the sam
         -> (B, N, M, C) = features at the points * sigmoid(weight_logits)
     salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0)
         boxes_cxcywh (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, D) -> (B, N, M, D)
+    ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        Deformable-DETR's multi-scale deformable attention: value (B, S, heads, D), locations
+        (B, Q, heads, L, P, 2), weights (B, Q, heads, L, P) -> (B, Q, heads * D)
 
 `samdetr_ops.ops` holds drop-in replacements for torchvision.ops (roi_align, RoIAlign).
 """
 from . import _ops, ops, reference
 from ._backend import BACKENDS, available_backends, current_backend, set_backend, use_backend
-from ._functions import roi_align, salient_point_pos_embed, semantic_align
+from ._functions import ms_deform_attn, roi_align, salient_point_pos_embed, semantic_align
 from ._registry import OPS
 
 __all__ = ["roi_align", "semantic_align", "salient_point_pos_embed", "has_extension", "set_backend", "use_backend",
-           "current_backend", "available_backends", "BACKENDS", "OPS", "ops", "reference"]
+           "ms_deform_attn", "current_backend", "available_backends", "BACKENDS", "OPS", "ops", "reference"]
 __version__ = "0.1.0"
 
 

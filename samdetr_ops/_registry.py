@@ -67,6 +67,17 @@ def _pos_embed_backward_fake(grad_output, boxes_cxcywh, points, weight_logits, t
     return tuple(_contiguous_empty_like(t) for t in (boxes_cxcywh, points, weight_logits))
 
 
+def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    _checks.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    B, _, heads, D = value.shape
+    return value.new_empty((B, sampling_locations.shape[1], heads * D))
+
+
+def _ms_deform_attn_backward_fake(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                                  attention_weights, output_mask):
+    return tuple(_contiguous_empty_like(t) for t in (value, sampling_locations, attention_weights))
+
+
 OPS = {spec.name: spec for spec in (
     OpSpec(name="roi_align", tensor_args=("features", "boxes"), differentiable=("features",),
            reference=reference.roi_align, check=_checks.roi_align, fake=_roi_align_fake,
@@ -79,6 +90,11 @@ OPS = {spec.name: spec for spec in (
            differentiable=("boxes_cxcywh", "points", "weight_logits"), reference=reference.salient_point_pos_embed,
            check=_checks.salient_point_pos_embed, fake=_pos_embed_fake, backward_fake=_pos_embed_backward_fake,
            autograd=_autograd.salient_point_pos_embed, triton_module="salient_point_pos_embed"),
+    OpSpec(name="ms_deform_attn",
+           tensor_args=("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"),
+           differentiable=("value", "sampling_locations", "attention_weights"), reference=reference.ms_deform_attn,
+           check=_checks.ms_deform_attn, fake=_ms_deform_attn_fake, backward_fake=_ms_deform_attn_backward_fake,
+           autograd=_autograd.ms_deform_attn, triton_module="ms_deform_attn"),
 )}
 
 

@@ -2,7 +2,18 @@
 import pytest
 import torch
 
-from helpers import generator, rand, randn
+import samdetr_ops
+from helpers import (
+    BACKENDS,
+    DEVICES,
+    FORWARD_TOL,
+    TARGETS,
+    check_against_reference,
+    generator,
+    gradcheck_device,
+    rand,
+    randn,
+)
 from samdetr_ops import _checks, reference
 
 # (H, W) per level: odd sizes, a 1x1 level, a 1-row level
@@ -69,7 +80,7 @@ BAD = [
     (dict(value=torch.randn(2, 87, 18)), ValueError, r"`value` must have shape \(B, S, heads, D\), got \(2, 87, 18\)"),
     (dict(value=torch.randn(2, 86, 3, 6)), ValueError, r"`value` must have shape \(B, S, heads, D\) with S = 87"),
     (dict(spatial_shapes=torch.tensor(LEVELS, dtype=torch.int32)), TypeError,
-     r"`spatial_shapes` must be an int64 tensor, got torch.int32"),
+     r"`spatial_shapes` must be an int64 tensor, got (torch.int32|Int)"),
     (dict(spatial_shapes=torch.tensor([7, 9])), ValueError, r"`spatial_shapes` must have shape \(L, 2\)"),
     (dict(level_start_index=torch.tensor([0, 63, 83, 83])), ValueError,
      r"`level_start_index` must be the cumulative level sizes \[0, 63, 83, 84\] .*got \[0, 63, 83, 83\]"),
@@ -85,7 +96,7 @@ BAD = [
     (dict(sampling_locations=torch.rand(2, 5, 3, 4, 2, 2, dtype=torch.float64)), TypeError,
      r"`sampling_locations` must have the same dtype as `value`"),
     (dict(attention_weights=torch.rand(2, 5, 3, 4, 3)), ValueError,
-     r"`attention_weights` must have shape \(B, Q, heads, L, P\) = \(2, 5, 3, 4, 2\)"),
+     r"`attention_weights` must have shape \(B, Q, heads, L, P\) = [(\[]2, 5, 3, 4, 2[)\]]"),
     (dict(attention_weights=torch.rand(2, 5, 3, 4, 2).half()), TypeError, r"`attention_weights` must have the same"),
     (dict(value=torch.randint(0, 3, (2, 87, 3, 6))), TypeError, r"`value` must be a floating-point tensor"),
     (dict(value=[[0.0]]), TypeError, r"`value` must be a torch.Tensor"),
@@ -98,3 +109,165 @@ BAD = [
 def test_checks_name_the_bad_argument(over, error, message):
     with pytest.raises(error, match=message):
         _checks.ms_deform_attn(*_bad(**over))
+
+
+@pytest.mark.parametrize("over,error,message", BAD, ids=[str(i) for i in range(len(BAD))])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_bad_input_raises_a_clear_error(backend, over, error, message):
+    with samdetr_ops.use_backend(backend), pytest.raises(error, match=message):
+        samdetr_ops.ms_deform_attn(*_bad(**over))
+
+
+@pytest.mark.skipif(not samdetr_ops.has_extension(), reason="compiled extension not built")
+@pytest.mark.parametrize("over,error,message", [BAD[i] for i in (1, 2, 4, 5, 7, 9, 11, 13)],
+                         ids=["S", "int32", "starts", "L", "negative", "heads", "weights", "integer"])
+def test_direct_op_calls_are_checked_in_cpp(over, error, message):
+    """torch.ops.samdetr_ops.ms_deform_attn skips the Python checks: the kernel checks the same, with the same
+    messages, and never reads out of bounds."""
+    with pytest.raises(error, match=message):
+        torch.ops.samdetr_ops.ms_deform_attn(*_bad(**over))
+    inputs = _bad(**over)
+    grad = torch.zeros(2, 5, 18, dtype=inputs[0].dtype) if inputs[0].dim() == 4 else None
+    if grad is not None:
+        with pytest.raises(error, match=message):
+            torch.ops.samdetr_ops.ms_deform_attn_backward(grad, *inputs, [True, True, True])
+
+
+# B, Q, heads, D, levels, P
+CASES = [
+    (2, 5, 3, 6, LEVELS, 2),
+    (1, 7, 2, 5, [(3, 4), (1, 1)], 4),            # D odd, batch 1
+    (3, 4, 1, 33, [(5, 3)], 3),                   # one level; D over a SIMD vector multiple
+    (5, 3, 2, 8, [(2, 2), (9, 1), (1, 6)], 1),    # batch 5, one point
+    (2, 0, 3, 4, LEVELS, 2),                      # zero queries
+]
+
+
+@pytest.mark.parametrize("device,backend", TARGETS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("spread", [0.0, 0.3])
+def test_forward_and_backward_match_the_reference(device, backend, dtype, case, spread):
+    """Output and the three gradients; spread 0.3: locations up to 0.3 map sizes outside [0, 1]."""
+    B, Q, heads, D, levels, P = case
+    g = generator("msda", device, dtype, case, spread)
+    inputs = make_inputs(g, B, Q, heads, D, levels, P, spread, dtype, device)
+    check_against_reference("ms_deform_attn", inputs, (), backend, g=g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("B,Q,heads,D,levels,P", [(0, 3, 2, 4, LEVELS, 2), (2, 3, 0, 4, LEVELS, 2),
+                                                  (2, 3, 2, 0, LEVELS, 2), (2, 3, 2, 4, LEVELS, 0),
+                                                  (2, 3, 2, 4, [(0, 5), (3, 3)], 2), (2, 3, 2, 4, [], 2),
+                                                  (2, 3, 2, 4, [(0, 0)], 2)])
+def test_zero_size(device, B, Q, heads, D, levels, P):
+    g = generator("msda zero", device, B, Q, heads, D, str(levels), P)
+    inputs = make_inputs(g, B, Q, heads, D, levels, P, 0.1, torch.float64, device)
+    check_against_reference("ms_deform_attn", inputs, (), "cpp", g=g)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_locations_contribute_zero(device):
+    g = generator("msda nan", device)
+    value, shapes, starts, locations, weights = make_inputs(g, dtype=torch.float64, device=device)
+    bad = torch.zeros_like(locations, dtype=torch.bool)
+    for index, number in (((0, 0, 0, 0, 0, 0), float("nan")), ((0, 1, 0, 1, 1, 1), float("inf")),
+                          ((1, 2, 2, 2, 0, 0), -float("inf")), ((1, 4, 1, 3, 1, 1), float("nan"))):
+        locations[index] = number
+        bad[index[:-1]] = True
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+    out = samdetr_ops.ms_deform_attn(value, shapes, starts, locations, weights)
+    expected = brute_force(value.detach(), shapes, starts, torch.where(bad, -5.0, locations.detach()),
+                           weights.detach())
+    torch.testing.assert_close(out, expected, **FORWARD_TOL[torch.float64])
+    grads = torch.autograd.grad(out, leaves, torch.randn_like(out))
+    assert all(torch.isfinite(grad).all() for grad in grads)
+    assert (grads[1][bad] == 0).all() and (grads[2][bad[..., 0]] == 0).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_float64(backend):
+    g = generator("msda gradcheck")
+    device = gradcheck_device(backend)
+    value, shapes, starts, locations, weights = make_inputs(g, 2, 3, 2, 3, [(3, 4), (1, 1), (2, 3)], 2, 0.2,
+                                                            torch.float64, device)
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+    with samdetr_ops.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda v, loc, w: samdetr_ops.ms_deform_attn(v, shapes, starts, loc, w),
+                                        leaves)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
+def test_half_precision_computes_in_float32(dtype):
+    """float16/bfloat16 inputs give the float32 result of the same (rounded) inputs, rounded once."""
+    g = generator("msda half", dtype)
+    inputs = [t.to(dtype) if t.is_floating_point() else t for t in make_inputs(g, dtype=torch.float64)]
+    out = samdetr_ops.ms_deform_attn(*inputs)
+    wide = samdetr_ops.ms_deform_attn(*(t.float() if t.is_floating_point() else t for t in inputs))
+    assert out.dtype == dtype
+    # the float32 result rounded once to dtype: within half a unit in the last place of dtype
+    torch.testing.assert_close(out, wide.to(dtype), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_autocast_computes_in_float32_and_returns_the_value_dtype(dtype):
+    inputs = make_inputs(generator("msda autocast", dtype))
+    low = tuple(t.to(dtype) if t.is_floating_point() else t for t in inputs)
+    with torch.autocast("cpu", dtype=dtype):
+        out = samdetr_ops.ms_deform_attn(*low)
+    assert out.dtype == dtype
+    expected = reference.ms_deform_attn(*(t.float() if t.is_floating_point() else t for t in low))
+    torch.testing.assert_close(out, expected.to(dtype))
+
+
+@pytest.mark.skipif(not samdetr_ops.has_extension(), reason="compiled extension not built")
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    inputs = make_inputs(generator("msda opcheck", device), dtype=torch.float64, device=device)
+    value, shapes, starts, locations, weights = inputs
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+    ops = torch.ops.samdetr_ops
+    torch.library.opcheck(ops.ms_deform_attn.default, (leaves[0], shapes, starts, leaves[1], leaves[2]))
+    grad = torch.randn(2, 5, 18, dtype=torch.float64, device=device)
+    torch.library.opcheck(ops.ms_deform_attn_backward.default,
+                          (grad, value.detach(), shapes, starts, locations.detach(), weights.detach(),
+                           [True, False, True]))
+
+
+@pytest.mark.skipif(not samdetr_ops.has_extension(), reason="compiled extension not built")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_torch_compile_fullgraph(device, dynamic):
+    torch._dynamo.reset()
+    value, shapes, starts, locations, weights = make_inputs(generator("msda compile", device), device=device)
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+
+    def attend(v, loc, w):  # as in Deformable-DETR: the output projected and reduced
+        return samdetr_ops.ms_deform_attn(v, shapes, starts, loc.clamp(-1, 2), w).square().sum()
+
+    eager = attend(*leaves)
+    compiled = torch.compile(attend, fullgraph=True, dynamic=dynamic)(*leaves)
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(torch.autograd.grad(compiled, leaves), torch.autograd.grad(eager, leaves)):
+        torch.testing.assert_close(a, b)
+
+
+def test_backward_is_bit_identical_whatever_the_thread_count():
+    """CPU: each task owns its (batch, head, level) slice of every gradient, so runs and thread counts agree."""
+    g = generator("msda determinism")
+    value, shapes, starts, locations, weights = make_inputs(g, 2, 300, 4, 16, [(20, 30), (10, 15), (5, 8)], 4, 0.1)
+    leaves = [t.requires_grad_() for t in (value, locations, weights)]
+    grad = torch.randn(2, 300, 64, generator=g)
+
+    def grads():
+        return torch.autograd.grad(samdetr_ops.ms_deform_attn(value, shapes, starts, locations, weights), leaves,
+                                   grad)
+
+    first = grads()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            assert all(torch.equal(a, b) for a, b in zip(first, grads()))
+    finally:
+        torch.set_num_threads(threads)
