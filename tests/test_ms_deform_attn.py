@@ -271,3 +271,112 @@ def test_backward_is_bit_identical_whatever_the_thread_count():
             assert all(torch.equal(a, b) for a, b in zip(first, grads()))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("case", CASES[:2] + CASES[3:], ids=str)
+def test_triton_matches_the_reference(dtype, case):
+    """The Triton kernels (under the interpreter without a GPU: small shapes) against the reference."""
+    pytest.importorskip("triton")
+    import os
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    B, Q, heads, D, levels, P = case
+    g = generator("msda triton", dtype, case)
+    inputs = make_inputs(g, B, Q, heads, D, levels, P, 0.3, dtype, device)
+    if Q > 0:
+        inputs[3][0, 0, 0, 0, 0, 0] = float("nan")  # contributes zero, as on every backend
+    check_against_reference("ms_deform_attn", inputs, (), "triton", g=g)
+
+
+# ---- samdetr_ops.nn.MSDeformAttn against a plain-PyTorch copy of Deformable-DETR's module --------------------------
+def _official_core(value, value_spatial_shapes, sampling_locations, attention_weights):
+    """Deformable-DETR's ms_deform_attn_core_pytorch (models/ops/functions/ms_deform_attn_func.py), as written."""
+    import torch.nn.functional as F
+    N_, S_, M_, D_ = value.shape
+    _, Lq_, M_, L_, P_, _ = sampling_locations.shape
+    value_list = value.split([H_ * W_ for H_, W_ in value_spatial_shapes], dim=1)
+    sampling_grids = 2 * sampling_locations - 1
+    sampling_value_list = []
+    for lid_, (H_, W_) in enumerate(value_spatial_shapes):
+        value_l_ = value_list[lid_].flatten(2).transpose(1, 2).reshape(N_ * M_, D_, H_, W_)
+        sampling_grid_l_ = sampling_grids[:, :, :, lid_].transpose(1, 2).flatten(0, 1)
+        sampling_value_l_ = F.grid_sample(value_l_, sampling_grid_l_, mode="bilinear", padding_mode="zeros",
+                                          align_corners=False)
+        sampling_value_list.append(sampling_value_l_)
+    attention_weights = attention_weights.transpose(1, 2).reshape(N_ * M_, 1, Lq_, L_ * P_)
+    output = (torch.stack(sampling_value_list, dim=-2).flatten(-2) * attention_weights).sum(-1).view(N_, M_ * D_, Lq_)
+    return output.transpose(1, 2).contiguous()
+
+
+def _official_forward(module, query, reference_points, input_flatten, input_spatial_shapes, input_level_start_index,
+                      input_padding_mask=None):
+    """Deformable-DETR's MSDeformAttn.forward (models/ops/modules/ms_deform_attn.py), on `module`'s parameters."""
+    import torch.nn.functional as F
+    N, Len_q, _ = query.shape
+    N, Len_in, _ = input_flatten.shape
+    assert (input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum() == Len_in
+    value = module.value_proj(input_flatten)
+    if input_padding_mask is not None:
+        value = value.masked_fill(input_padding_mask[..., None], float(0))
+    value = value.view(N, Len_in, module.n_heads, module.d_model // module.n_heads)
+    sampling_offsets = module.sampling_offsets(query).view(N, Len_q, module.n_heads, module.n_levels,
+                                                           module.n_points, 2)
+    attention_weights = module.attention_weights(query).view(N, Len_q, module.n_heads,
+                                                             module.n_levels * module.n_points)
+    attention_weights = F.softmax(attention_weights, -1).view(N, Len_q, module.n_heads, module.n_levels,
+                                                              module.n_points)
+    if reference_points.shape[-1] == 2:
+        offset_normalizer = torch.stack([input_spatial_shapes[..., 1], input_spatial_shapes[..., 0]], -1)
+        sampling_locations = reference_points[:, :, None, :, None, :] \
+            + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+    else:
+        sampling_locations = reference_points[:, :, None, :, None, :2] \
+            + sampling_offsets / module.n_points * reference_points[:, :, None, :, None, 2:] * 0.5
+    output = _official_core(value, input_spatial_shapes.tolist(), sampling_locations, attention_weights)
+    return module.output_proj(output)
+
+
+OFFICIAL_NAMES = {  # Deformable-DETR's parameter names and shapes for d_model 32, 3 levels, 4 heads, 2 points
+    "sampling_offsets.weight": (48, 32), "sampling_offsets.bias": (48,), "attention_weights.weight": (24, 32),
+    "attention_weights.bias": (24,), "value_proj.weight": (32, 32), "value_proj.bias": (32,),
+    "output_proj.weight": (32, 32), "output_proj.bias": (32,)}
+
+
+def test_module_initialisation_is_deformable_detrs():
+    from samdetr_ops.nn import MSDeformAttn
+    module = MSDeformAttn(d_model=32, n_levels=3, n_heads=4, n_points=2)
+    assert {k: tuple(v.shape) for k, v in module.state_dict().items()} == OFFICIAL_NAMES
+    assert (module.sampling_offsets.weight == 0).all() and (module.attention_weights.weight == 0).all()
+    # head h points along angle 2 pi h / 4, scaled to the square's border: (1, 0), (0, 1), (-1, 0), (0, -1)
+    bias = module.sampling_offsets.bias.view(4, 3, 2, 2)
+    torch.testing.assert_close(bias[:, 0, 0], torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(bias[:, 2, 1], 2 * bias[:, 0, 0])  # point p at (p + 1) steps, on every level
+
+
+@pytest.mark.parametrize("coordinates", [2, 4])
+@pytest.mark.parametrize("padding", [False, True])
+def test_module_loads_a_deformable_detr_state_dict_and_equals_its_forward(coordinates, padding):
+    from samdetr_ops.nn import MSDeformAttn
+    g = generator("msda module", coordinates, padding)
+    state = {k: randn(g, *shape) * 0.2 for k, shape in OFFICIAL_NAMES.items()}  # a trained model's, say
+    module = MSDeformAttn(d_model=32, n_levels=3, n_heads=4, n_points=2).double()
+    module.load_state_dict(state)  # strict: every official name, nothing else
+    levels = [(6, 7), (3, 4), (1, 2)]
+    shapes = torch.tensor(levels)
+    starts = torch.cumsum(shapes.prod(1), 0) - shapes.prod(1)
+    B, Q, S = 3, 5, int(shapes.prod(1).sum())
+    query, flatten = randn(g, B, Q, 32), randn(g, B, S, 32)
+    reference_points = rand(g, B, Q, 3, coordinates) * (0.5 if coordinates == 4 else 1.0)
+    mask = rand(g, B, S) > 0.8 if padding else None
+    leaves = [t.requires_grad_() for t in (query, flatten)]
+    ours = module(query, reference_points, flatten, shapes, starts, mask)
+    official = _official_forward(module, query, reference_points, flatten, shapes, starts, mask)
+    torch.testing.assert_close(ours, official, **FORWARD_TOL[torch.float64])
+    grad = randn(g, *ours.shape)
+    params = list(module.parameters())
+    for a, b in zip(torch.autograd.grad(ours, leaves + params, grad),
+                    torch.autograd.grad(official, leaves + params, grad)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-9)
