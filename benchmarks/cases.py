@@ -13,7 +13,7 @@ import torch
 import samdetr_ops
 
 # Every registered op, plus the whole aligner block (nn.SemanticAligner). An op needs an entry in OP_CALLS below.
-OPS = tuple(samdetr_ops.OPS) + ("aligner_block",)
+OPS = tuple(samdetr_ops.OP_SPECS) + ("aligner_block",)
 MODES = ("forward", "forward+backward", "inference")
 
 
@@ -55,8 +55,32 @@ def make_inputs(shape: Shape, device, dtype, seed):
     logits = torch.randn(B, N, M, C, generator=g)
     query = torch.randn(B, N, C, generator=g)
     cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    msda = {k: cast(v) if v.is_floating_point() else v.to(device) for k, v in msda_inputs(shape, g).items()}
     return dict(features=cast(features), boxes=cast(boxes), cxcywh=cast(cxcywh), points=cast(points),
-                logits=cast(logits), query=cast(query))
+                logits=cast(logits), query=cast(query), **msda)
+
+
+def msda_levels(shape: Shape):
+    """A Deformable-DETR encoder over the map and two coarser ones: levels (H, W), (H/2, W/2), (H/4, W/4)."""
+    return [(shape.H, shape.W), ((shape.H + 1) // 2, (shape.W + 1) // 2), ((shape.H + 3) // 4, (shape.W + 3) // 4)]
+
+
+def msda_inputs(shape: Shape, g, levels=None, points=4):
+    """ms_deform_attn's encoder inputs: every token a query (Q = S), heads = M, D = C / M, P points per level, each
+    location a few pixels (normal, sd 2) around the query's own position, as trained Deformable-DETR offsets are."""
+    levels = levels or msda_levels(shape)
+    spatial_shapes = torch.tensor(levels, dtype=torch.int64)
+    sizes = spatial_shapes.prod(1)
+    B, S, heads, L = shape.B, int(sizes.sum()), shape.M, len(levels)
+    centres = torch.cat([torch.stack(torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w,
+                                                    indexing="ij")[::-1], -1).view(-1, 2) for h, w in levels])
+    pixel = 1.0 / spatial_shapes.flip(1).float()                                            # (L, 2) x, y
+    offsets = torch.randn(B, S, heads, L, points, 2, generator=g) * 2 * pixel[:, None, :]
+    return dict(msda_value=torch.randn(B, S, heads, shape.C // heads, generator=g), msda_shapes=spatial_shapes,
+                msda_starts=torch.cumsum(sizes, 0) - sizes,
+                msda_locations=centres[None, :, None, None, None, :] + offsets,
+                msda_weights=torch.softmax(torch.randn(B, S, heads, L * points, generator=g), -1).view(
+                    B, S, heads, L, points))
 
 
 # op name -> (fn(impl, inputs) -> output, names of the differentiable inputs); impl is an object with the op as an
@@ -67,6 +91,9 @@ OP_CALLS = {
                        ("features", "points", "logits")),
     "salient_point_pos_embed": (lambda impl, x: impl.salient_point_pos_embed(x["cxcywh"], x["points"], x["logits"]),
                                 ("cxcywh", "points", "logits")),
+    "ms_deform_attn": (lambda impl, x: impl.ms_deform_attn(x["msda_value"], x["msda_shapes"], x["msda_starts"],
+                                                           x["msda_locations"], x["msda_weights"]),
+                       ("msda_value", "msda_locations", "msda_weights")),
 }
 
 
@@ -78,7 +105,8 @@ def op_call(op: str):
 def min_bytes(op: str, shape: Shape, itemsize: int) -> int:
     """Bytes any forward implementation must move at least: read the inputs it needs, write the output once.
     semantic_align: the features (each touched at most once), the logits and the output; roi_align: features,
-    output; pos embed: logits and output (boxes and points are negligible)."""
+    output; pos embed: logits and output (boxes and points are negligible); ms_deform_attn: value, output,
+    locations and weights."""
     B, N, H, W, M, C = shape.B, shape.N, shape.H, shape.W, shape.M, shape.C
     features, per_point = B * C * H * W, B * N * M * C
     if op == "semantic_align":
@@ -87,11 +115,14 @@ def min_bytes(op: str, shape: Shape, itemsize: int) -> int:
         return itemsize * (features + B * N * C * 49)
     if op == "salient_point_pos_embed":
         return itemsize * 2 * per_point
+    if op == "ms_deform_attn":  # value read once, output written once, 3 numbers per sample (x, y, weight)
+        tokens = B * sum(h * w for h, w in msda_levels(shape))
+        return itemsize * (2 * tokens * C + tokens * M * len(msda_levels(shape)) * 4 * 3)
     return 0
 
 
 # The unfused sequences (each registered op's reference), called the way the fused ops are.
-REFERENCE = types.SimpleNamespace(**{name: spec.reference for name, spec in samdetr_ops.OPS.items()})
+REFERENCE = types.SimpleNamespace(**{name: spec.reference for name, spec in samdetr_ops.OP_SPECS.items()})
 
 
 class BackendOps:

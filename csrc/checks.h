@@ -7,6 +7,7 @@
 #include <c10/core/SymIntArrayRef.h>
 #include <c10/util/Exception.h>
 
+#include <array>
 #include <vector>
 
 namespace samdetr {
@@ -125,6 +126,83 @@ inline void check_grad_output(const char* op, const at::Tensor& grad_output, con
                     ": `grad_output` must have the shape of `weight_logits`, ", weight_logits.sizes(), ", got ",
                     grad_output.sizes());
   check_same_device_dtype(op, ref, ref_name, grad_output, "grad_output");
+}
+
+// ms_deform_attn: value (B, S, heads, D); spatial_shapes (L, 2) int64 (H, W); level_start_index (L,) int64;
+// sampling_locations (B, Q, heads, L, P, 2) (x, y); attention_weights (B, Q, heads, L, P). Shapes, dtypes and
+// devices only: check_ms_deform_attn_levels reads the level sizes themselves, where they are on the host.
+inline void check_ms_deform_attn_inputs(const char* op, const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                        const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
+                                        const at::Tensor& attention_weights) {
+  check_rank_and_last(op, value, "value", 4, -1, "(B, S, heads, D)");
+  check_floating(op, value, "value");
+  check_rank_and_last(op, spatial_shapes, "spatial_shapes", 2, 2, "(L, 2) (H, W) per level");
+  check_rank_and_last(op, level_start_index, "level_start_index", 1, -1, "(L,)");
+  const auto check_index_tensor = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, "samdetr_ops.", op, ": `", name, "` must be an int64 tensor, got ",
+                     t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == value.device(), "samdetr_ops.", op, ": `", name,
+                      "` must be on the same device as `value` (", value.device(), "), got ", t.device());
+  };
+  check_index_tensor(spatial_shapes, "spatial_shapes");
+  check_index_tensor(level_start_index, "level_start_index");
+  const int64_t L = spatial_shapes.size(0);
+  TORCH_CHECK_VALUE(level_start_index.size(0) == L, "samdetr_ops.", op,
+                    ": `level_start_index` must have shape (L,) with L = ", L, " as in `spatial_shapes`, got ",
+                    level_start_index.sizes());
+  check_rank_and_last(op, sampling_locations, "sampling_locations", 6, 2, "(B, Q, heads, L, P, 2)");
+  check_same_device_dtype(op, value, "value", sampling_locations, "sampling_locations");
+  TORCH_CHECK_VALUE(sampling_locations.size(0) == value.size(0) && sampling_locations.size(2) == value.size(2) &&
+                        sampling_locations.size(3) == L,
+                    "samdetr_ops.", op, ": `sampling_locations` must have shape (B, Q, heads, L, P, 2) with B, heads = ",
+                    value.size(0), ", ", value.size(2), " as in `value` and L = ", L, " as in `spatial_shapes`, got ",
+                    sampling_locations.sizes());
+  check_rank_and_last(op, attention_weights, "attention_weights", 5, -1, "(B, Q, heads, L, P)");
+  check_same_device_dtype(op, value, "value", attention_weights, "attention_weights");
+  TORCH_CHECK_VALUE(attention_weights.sizes() == sampling_locations.sizes().slice(0, 5), "samdetr_ops.", op,
+                    ": `attention_weights` must have shape (B, Q, heads, L, P) = ", sampling_locations.sizes().slice(0, 5),
+                    " as in `sampling_locations`, got ", attention_weights.sizes());
+}
+
+// The level sizes of host (CPU) tensors: non-negative, consecutive (level_start_index the exclusive cumulative sum
+// of H * W) and filling the S rows of `value` exactly. Returns (H, W, start) per level.
+inline std::vector<std::array<int64_t, 3>> check_ms_deform_attn_levels(const char* op, const at::Tensor& value,
+                                                                      const at::Tensor& spatial_shapes,
+                                                                      const at::Tensor& level_start_index) {
+  const at::Tensor shapes = spatial_shapes.contiguous(), starts = level_start_index.contiguous();
+  const int64_t* hw = shapes.const_data_ptr<int64_t>();
+  const int64_t* start = starts.const_data_ptr<int64_t>();
+  const int64_t L = shapes.size(0);
+  std::vector<std::array<int64_t, 3>> levels(L);
+  std::vector<int64_t> expected(L);
+  int64_t total = 0;
+  bool consistent = true;
+  for (int64_t l = 0; l < L; ++l) {
+    TORCH_CHECK_VALUE(hw[2 * l] >= 0 && hw[2 * l + 1] >= 0, "samdetr_ops.", op,
+                      ": `spatial_shapes` must hold sizes >= 0, got (", hw[2 * l], ", ", hw[2 * l + 1], ") at level ",
+                      l);
+    expected[l] = total;
+    consistent = consistent && start[l] == total;
+    levels[l] = {hw[2 * l], hw[2 * l + 1], total};
+    total += hw[2 * l] * hw[2 * l + 1];
+  }
+  TORCH_CHECK_VALUE(consistent, "samdetr_ops.", op, ": `level_start_index` must be the cumulative level sizes ",
+                    at::IntArrayRef(expected), " (levels stored one after the other), got ",
+                    at::IntArrayRef(start, L));
+  TORCH_CHECK_VALUE(total == value.size(1), "samdetr_ops.", op,
+                    ": `value` must have shape (B, S, heads, D) with S = ", total,
+                    ", the sum of H * W over `spatial_shapes`, got ", value.sizes());
+  return levels;
+}
+
+// ms_deform_attn_backward: grad_output (B, Q, heads * D) with the dtype and device of value (B, S, heads, D).
+inline void check_ms_deform_attn_grad_output(const char* op, const at::Tensor& grad_output, const at::Tensor& value,
+                                             int64_t B, int64_t Q) {
+  const std::vector<int64_t> expected = {B, Q, value.size(2) * value.size(3)};
+  TORCH_CHECK_VALUE(grad_output.sizes() == at::IntArrayRef(expected), "samdetr_ops.", op,
+                    ": `grad_output` must have shape (B, Q, heads * D) = ", at::IntArrayRef(expected), ", got ",
+                    grad_output.sizes());
+  check_same_device_dtype(op, value, "value", grad_output, "grad_output");
 }
 
 }  // namespace samdetr

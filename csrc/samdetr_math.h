@@ -312,4 +312,37 @@ SAMDETR_HD V sine_pair_backward(V p, V frequency, V grad_sin, V logit_sin, V gra
   return (grad_value_sin * cos_t - grad_value_cos * sin_t) * dt_dp;
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// Multi-scale deformable attention: one sampling location on one level's H x W map (Deformable-DETR semantics).
+// ---------------------------------------------------------------------------------------------------------------
+// The on-map corners of location (x, y) in [0, 1] of a width x height map, sampled bilinearly at
+// (x * width - 0.5, y * height - 0.5) with zeros outside: grid_sample (align_corners=False) of the grid coordinate
+// 2 x - 1, computed that way so the position rounds as in Deformable-DETR's PyTorch sequence. Corner k reads map
+// row index[k] (= row * width + column) with weight w[k]; w_dx[k], w_dy[k] are that weight's derivatives w.r.t. x
+// and y. NaN/Inf locations, and those with no corner on the map, have count 0.
+template <typename T>
+struct LevelCorners {
+  int count = 0;
+  T w[4], w_dx[4], w_dy[4];
+  int64_t index[4];
+};
+
+template <typename T>
+SAMDETR_HD LevelCorners<T> level_corners(T x, T y, int64_t width, int64_t height) {
+  LevelCorners<T> c;
+  GridTaps<T> t;
+  if (!grid_taps(T(2) * x - T(1), T(2) * y - T(1), width, height, &t)) return c;
+  for (int ky = 0; ky < 2; ++ky) {
+    for (int kx = 0; kx < 2; ++kx) {
+      if (!(t.in_y[ky] && t.in_x[kx])) continue;
+      c.w[c.count] = t.wy[ky] * t.wx[kx];
+      // d/dx = 2 d/d(grid coordinate), the grid coordinate being 2 x - 1
+      c.w_dx[c.count] = T(2) * t.wy[ky] * t.dwx[kx];
+      c.w_dy[c.count] = T(2) * t.dwy[ky] * t.wx[kx];
+      c.index[c.count++] = (t.y0 + ky) * width + t.x0 + kx;
+    }
+  }
+  return c;
+}
+
 }  // namespace samdetr

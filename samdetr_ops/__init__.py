@@ -11,6 +11,9 @@ Public ops (each equal, up to float rounding, to the unfused sequence of the sam
         -> (B, N, M, C) = features at the points * sigmoid(weight_logits)
     salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=10000.0)
         boxes_cxcywh (B, N, 4), points (B, N, M, 2), weight_logits (B, N, M, D) -> (B, N, M, D)
+    ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+        Deformable-DETR's multi-scale deformable attention: value (B, S, heads, D), locations
+        (B, Q, heads, L, P, 2), weights (B, Q, heads, L, P) -> (B, Q, heads * D)
 
 `samdetr_ops.ops` holds drop-in replacements for torchvision.ops (roi_align, RoIAlign). `samdetr_ops.OP_SPECS` is
 the op registry: {name: OpSpec} (OPS, its former name, still works and warns).
@@ -19,11 +22,11 @@ import warnings
 
 from . import _extension, ops, reference
 from ._backend import BACKENDS, available_backends, current_backend, set_backend, use_backend
-from ._public import roi_align, salient_point_pos_embed, semantic_align
+from ._public import ms_deform_attn, roi_align, salient_point_pos_embed, semantic_align
 from ._registry import OP_SPECS
 
-__all__ = ["roi_align", "semantic_align", "salient_point_pos_embed", "has_extension", "set_backend", "use_backend",
-           "current_backend", "available_backends", "BACKENDS", "OP_SPECS", "ops", "reference"]
+__all__ = ["roi_align", "semantic_align", "salient_point_pos_embed", "ms_deform_attn", "has_extension", "set_backend",
+           "use_backend", "current_backend", "available_backends", "BACKENDS", "OP_SPECS", "ops", "reference"]
 __version__ = "0.1.0"
 
 

@@ -84,3 +84,21 @@ def salient_point_pos_embed(backward_op):
         return tuple(g if n else None for g, n in zip(grads, need)) + (None,)
 
     return setup_context, backward
+
+
+def ms_deform_attn(backward_op):
+    def setup_context(ctx, inputs, output):
+        # The inputs only: the backward re-samples the few value rows each location reads instead of keeping the
+        # (B*heads, D, Q, L*P) sampled values the unfused sequence saves.
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad_output):
+        mask = [_will_use_gradient(ctx, i) for i in (0, 3, 4)]  # value, sampling_locations, attention_weights
+        if not any(mask):
+            return (None,) * 5
+        value, spatial_shapes, level_start_index, locations, weights = ctx.saved_tensors
+        grads = backward_op(grad_output, value, spatial_shapes, level_start_index, locations, weights, mask)
+        grad_value, grad_locations, grad_weights = (g if n else None for g, n in zip(grads, mask))
+        return grad_value, None, None, grad_locations, grad_weights
+
+    return setup_context, backward

@@ -110,3 +110,63 @@ def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=100
     if weight_logits.shape[3] % 2 != 0:
         _fail_value(op, "`weight_logits` must have an even last dimension D (half for y, half for x), "
                         f"got D = {weight_logits.shape[3]}")
+
+
+def _has_data(t):
+    """Whether t's values can be read here without a host sync or a trace break: a real (not fake, not meta) CPU
+    tensor outside torch.compile's tracing."""
+    if torch.compiler.is_compiling() or t.device.type != "cpu":
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+    return not is_fake(t)
+
+
+def _check_levels(op, value, spatial_shapes, level_start_index):
+    """spatial_shapes (L, 2) int64 and level_start_index (L,) int64 beside value (B, S, heads, D); when their values
+    are readable for free (see _has_data), that the levels are non-negative, consecutive and fill S exactly. On
+    other devices the kernels read them on the device: an inconsistent level there reads nothing instead of
+    raising (checking would cost a host sync per call)."""
+    _check_rank_and_last(op, spatial_shapes, "spatial_shapes", 2, 2, "(L, 2) (H, W) per level")
+    _check_rank_and_last(op, level_start_index, "level_start_index", 1, None, "(L,)")
+    for t, name in ((spatial_shapes, "spatial_shapes"), (level_start_index, "level_start_index")):
+        if t.dtype != torch.int64:
+            _fail_type(op, f"`{name}` must be an int64 tensor, got {t.dtype}")
+        if t.device != value.device:
+            _fail_value(op, f"`{name}` must be on the same device as `value` ({value.device}), got {t.device}")
+    L = spatial_shapes.shape[0]
+    if level_start_index.shape[0] != L:
+        _fail_value(op, f"`level_start_index` must have shape (L,) with L = {L} as in `spatial_shapes`, got "
+                        f"{tuple(level_start_index.shape)}")
+    if not (_has_data(spatial_shapes) and _has_data(level_start_index)):
+        return
+    for level, (H, W) in enumerate(spatial_shapes.tolist()):
+        if H < 0 or W < 0:
+            _fail_value(op, f"`spatial_shapes` must hold sizes >= 0, got ({H}, {W}) at level {level}")
+    sizes = spatial_shapes.prod(1)
+    starts = torch.cumsum(sizes, 0) - sizes
+    if not torch.equal(level_start_index, starts):
+        _fail_value(op, f"`level_start_index` must be the cumulative level sizes {starts.tolist()} (levels stored "
+                        f"one after the other), got {level_start_index.tolist()}")
+    if int(sizes.sum()) != value.shape[1]:
+        _fail_value(op, f"`value` must have shape (B, S, heads, D) with S = {int(sizes.sum())}, the sum of H * W over "
+                        f"`spatial_shapes`, got {tuple(value.shape)}")
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    op = "ms_deform_attn"
+    _check_rank_and_last(op, value, "value", 4, None, "(B, S, heads, D)")
+    _check_floating(op, value, "value")
+    _check_levels(op, value, spatial_shapes, level_start_index)
+    B, _, heads, _ = value.shape
+    L = spatial_shapes.shape[0]
+    _check_rank_and_last(op, sampling_locations, "sampling_locations", 6, 2, "(B, Q, heads, L, P, 2)")
+    _check_same_device_dtype(op, value, "value", sampling_locations, "sampling_locations")
+    if (sampling_locations.shape[0], sampling_locations.shape[2], sampling_locations.shape[3]) != (B, heads, L):
+        _fail_value(op, f"`sampling_locations` must have shape (B, Q, heads, L, P, 2) with B, heads = {B}, {heads} as "
+                        f"in `value` and L = {L} as in `spatial_shapes`, got {tuple(sampling_locations.shape)}")
+    _check_rank_and_last(op, attention_weights, "attention_weights", 5, None, "(B, Q, heads, L, P)")
+    _check_same_device_dtype(op, value, "value", attention_weights, "attention_weights")
+    if attention_weights.shape != sampling_locations.shape[:5]:
+        _fail_value(op, f"`attention_weights` must have shape (B, Q, heads, L, P) = "
+                        f"{tuple(sampling_locations.shape[:5])} as in `sampling_locations`, got "
+                        f"{tuple(attention_weights.shape)}")

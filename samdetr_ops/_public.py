@@ -77,3 +77,16 @@ def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=100
     boxes_cxcywh (B, N, 4) normalised, points (B, N, M, 2) in [-1, 1], weight_logits (B, N, M, D), D even
     -> (B, N, M, D). Differentiable in all three tensors."""
     return _call("salient_point_pos_embed", boxes_cxcywh, points, weight_logits, float(temperature))
+
+
+@public
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Multi-scale deformable attention, fused: Deformable-DETR's MSDeformAttnFunction on any device and dtype.
+
+    value (B, S, heads, D), the L levels' maps flattened row-major one after the other (S = sum of H_l * W_l);
+    spatial_shapes (L, 2) int64 (H_l, W_l); level_start_index (L,) int64, the cumulative level sizes;
+    sampling_locations (B, Q, heads, L, P, 2) as (x, y) in [0, 1] of each level's map; attention_weights
+    (B, Q, heads, L, P) -> (B, Q, heads * D): per query and head, the sum over levels and points of weight * value
+    sampled bilinearly at (x * W_l - 0.5, y * H_l - 0.5), zero outside the map (grid_sample, align_corners=False).
+    NaN/Inf locations contribute zero. Differentiable in value, sampling_locations and attention_weights."""
+    return _call("ms_deform_attn", value, spatial_shapes, level_start_index, sampling_locations, attention_weights)

@@ -24,8 +24,9 @@ class OpSpec:
     backward_fake: Callable       # the backward op's likewise
     autograd: Callable            # backward_op -> (setup_context, backward) (samdetr_ops._autograd)
     triton_module: str            # samdetr_ops.triton.<module> defines a triton_op named like the op
-    onnx_translation: str         # samdetr_ops.onnx.<function>: the onnxscript translation of the forward op into
-                                  # standard ONNX operators (named, not imported: onnxscript is an optional extra)
+    onnx_translation: Optional[str]  # samdetr_ops.onnx.<function>: the onnxscript translation of the forward op
+                                  # into standard ONNX operators (named, not imported: onnxscript is an optional
+                                  # extra); None while an op has none (translation_table() leaves it out)
     public: Optional[Callable] = None  # the function samdetr_ops exports (set by `public` below)
 
 
@@ -70,6 +71,17 @@ def _pos_embed_backward_fake(grad_output, boxes_cxcywh, points, weight_logits, t
     return tuple(_contiguous_empty_like(t) for t in (boxes_cxcywh, points, weight_logits))
 
 
+def _ms_deform_attn_fake(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    _checks.ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    B, _, heads, D = value.shape
+    return value.new_empty((B, sampling_locations.shape[1], heads * D))
+
+
+def _ms_deform_attn_backward_fake(grad_output, value, spatial_shapes, level_start_index, sampling_locations,
+                                  attention_weights, output_mask):
+    return tuple(_contiguous_empty_like(t) for t in (value, sampling_locations, attention_weights))
+
+
 OP_SPECS = {spec.name: spec for spec in (
     OpSpec(name="roi_align", tensor_args=("features", "boxes"), differentiable=("features",),
            reference=reference.roi_align, check=_checks.roi_align, fake=_roi_align_fake,
@@ -85,6 +97,12 @@ OP_SPECS = {spec.name: spec for spec in (
            check=_checks.salient_point_pos_embed, fake=_pos_embed_fake, backward_fake=_pos_embed_backward_fake,
            autograd=_autograd.salient_point_pos_embed,
            triton_module="salient_point_pos_embed", onnx_translation="salient_point_pos_embed"),
+    OpSpec(name="ms_deform_attn",
+           tensor_args=("value", "spatial_shapes", "level_start_index", "sampling_locations", "attention_weights"),
+           differentiable=("value", "sampling_locations", "attention_weights"), reference=reference.ms_deform_attn,
+           check=_checks.ms_deform_attn, fake=_ms_deform_attn_fake, backward_fake=_ms_deform_attn_backward_fake,
+           autograd=_autograd.ms_deform_attn, triton_module="ms_deform_attn",
+           onnx_translation=None),  # not written yet: translation_table() leaves the op out
 )}
 
 

@@ -1,4 +1,5 @@
 """nn.Modules built on the fused ops, for SAM-DETR and other DETR variants."""
+import math
 import warnings
 from typing import Optional
 
@@ -147,3 +148,70 @@ class SemanticAligner(nn.Module):
             return query_aligned, query_pos, points, out[..., 2 * M:].reshape(B, N, M, 2)
         return query_aligned, query_pos, points
 
+
+
+class MSDeformAttn(nn.Module):
+    """Deformable-DETR's multi-scale deformable attention module (Zhu et al., ICLR 2021) on the fused
+    `samdetr_ops.ms_deform_attn`: the official parameter names, initialisation and forward signature, so a
+    Deformable-DETR state dict loads unchanged and the module replaces the official one.
+
+    Parameters: sampling_offsets Linear(d_model, heads*L*P*2), attention_weights Linear(d_model, heads*L*P),
+    value_proj and output_proj Linear(d_model, d_model). `im2col_step` (the official CUDA op's batch chunk) is
+    accepted and ignored: the fused op takes any batch size in one call."""
+
+    def __init__(self, d_model=256, n_levels=4, n_heads=8, n_points=4, im2col_step=64):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"MSDeformAttn: d_model must be divisible by n_heads, got {d_model} and {n_heads}")
+        self.im2col_step = im2col_step  # kept for compatibility only
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self._reset_parameters()
+
+    def _reset_parameters(self):
+        """As the official code: zero offset weights, and offset biases pointing each head in its own direction
+        (angle 2 pi h / heads, scaled to the unit square's border), point p at p + 1 times that step."""
+        nn.init.constant_(self.sampling_offsets.weight, 0.0)
+        thetas = torch.arange(self.n_heads, dtype=torch.float32) * (2.0 * math.pi / self.n_heads)
+        grid = torch.stack([thetas.cos(), thetas.sin()], -1)                              # (heads, 2)
+        grid = (grid / grid.abs().max(-1, keepdim=True)[0]).view(self.n_heads, 1, 1, 2)
+        grid = grid.repeat(1, self.n_levels, self.n_points, 1)                            # (heads, L, P, 2)
+        grid = grid * torch.arange(1, self.n_points + 1, dtype=torch.float32).view(1, 1, -1, 1)
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.view(-1))
+        nn.init.constant_(self.attention_weights.weight, 0.0)
+        nn.init.constant_(self.attention_weights.bias, 0.0)
+        nn.init.xavier_uniform_(self.value_proj.weight)
+        nn.init.constant_(self.value_proj.bias, 0.0)
+        nn.init.xavier_uniform_(self.output_proj.weight)
+        nn.init.constant_(self.output_proj.bias, 0.0)
+
+    def forward(self, query, reference_points, input_flatten, input_spatial_shapes, input_level_start_index,
+                input_padding_mask=None):
+        """query (B, Q, d_model); reference_points (B, Q, L, 2) as (x, y) in [0, 1], or (B, Q, L, 4) as boxes
+        (cx, cy, w, h); input_flatten (B, S, d_model), the L maps flattened; input_spatial_shapes (L, 2) int64
+        (H, W); input_level_start_index (L,); input_padding_mask (B, S), True at padding -> (B, Q, d_model)."""
+        B, Q, _ = query.shape
+        S = input_flatten.shape[1]
+        heads, L, P = self.n_heads, self.n_levels, self.n_points
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(B, S, heads, self.d_model // heads)
+        offsets = self.sampling_offsets(query).view(B, Q, heads, L, P, 2)
+        weights = F.softmax(self.attention_weights(query).view(B, Q, heads, L * P), -1).view(B, Q, heads, L, P)
+        if reference_points.shape[-1] == 2:  # offsets in pixels of each level: divide by its (W, H)
+            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)              # (L, 2) as (W, H)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        elif reference_points.shape[-1] == 4:  # offsets relative to the box: P steps reach its half size
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError("MSDeformAttn: the last dimension of reference_points must be 2 or 4, got "
+                             f"{reference_points.shape[-1]}")
+        output = samdetr_ops.ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations,
+                                            weights)
+        return self.output_proj(output)

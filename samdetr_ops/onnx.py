@@ -166,7 +166,7 @@ def translation_table():
     except ImportError:
         pass
     return {getattr(namespace, name).default: globals()[spec.onnx_translation]
-            for namespace in namespaces for name, spec in OP_SPECS.items()}
+            for namespace in namespaces for name, spec in OP_SPECS.items() if spec.onnx_translation}
 
 
 def export(model, args, f=None, **kwargs):

@@ -71,3 +71,39 @@ def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature=100
 
     embedding = torch.cat((embed(position[..., 1]), embed(position[..., 0])), dim=-1)  # (B, N, M, D)
     return embedding * weight_logits.sigmoid()
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Multi-scale deformable attention (Deformable-DETR's ms_deform_attn_core_pytorch): one grid_sample per level.
+
+    value (B, S, heads, D) with S = sum of H_l * W_l over the L levels (flattened row-major, level after level),
+    spatial_shapes (L, 2) int64 (H_l, W_l), level_start_index (L,) (unused: the levels are consecutive),
+    sampling_locations (B, Q, heads, L, P, 2) as (x, y) in [0, 1] of each level's map, attention_weights
+    (B, Q, heads, L, P) -> (B, Q, heads * D): sum over levels and points of weight * value bilinearly sampled at
+    (x * W_l - 0.5, y * H_l - 0.5), zero outside the map. NaN/Inf locations contribute zero (grid_sample would cast
+    them to int): they are moved off the map, which also gives them a zero gradient.
+    """
+    B, S, heads, D = value.shape
+    Q, L, P = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    sizes = [int(h) * int(w) for h, w in spatial_shapes.tolist()]
+    finite = torch.isfinite(sampling_locations).all(dim=-1, keepdim=True)
+    grids = torch.where(finite, 2 * sampling_locations - 1, -3.0)  # (B, Q, heads, L, P, 2); -3: off any map
+    sampled = []
+    for level, (H, W) in enumerate(spatial_shapes.tolist()):
+        start = sum(sizes[:level])
+        # (B, H*W, heads, D) -> (B*heads, D, H, W)
+        value_l = value[:, start:start + H * W].permute(0, 2, 3, 1).reshape(B * heads, D, H, W)
+        # (B, Q, heads, P, 2) -> (B*heads, Q, P, 2)
+        grid_l = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        if H * W == 0:  # grid_sample refuses an empty map; an empty level reads nothing
+            sampled.append(value.new_zeros((B * heads, D, Q, P)) + value_l.sum())
+            continue
+        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros",
+                                     align_corners=False))                                # (B*heads, D, Q, P)
+    # (B, Q, heads, L, P) -> (B*heads, 1, Q, L*P)
+    weights = attention_weights.transpose(1, 2).reshape(B * heads, 1, Q, L * P)
+    if L == 0:
+        out = value.new_zeros((B * heads, D, Q)) + (value.sum() + weights.sum()) * 0
+    else:
+        out = (torch.stack(sampled, dim=-2).flatten(-2) * weights).sum(-1)                   # (B*heads, D, Q)
+    return out.view(B, heads * D, Q).transpose(1, 2).contiguous()                          # (B, Q, heads*D)

@@ -131,7 +131,7 @@ def test_registry_describes_every_op():
     """Each registered op is exported, has its reference, checks, compiled forward and backward and Triton module."""
     import importlib.util
 
-    assert set(samdetr_ops.OP_SPECS) == {"roi_align", "semantic_align", "salient_point_pos_embed"}
+    assert set(samdetr_ops.OP_SPECS) == {"roi_align", "semantic_align", "salient_point_pos_embed", "ms_deform_attn"}
     for name, spec in samdetr_ops.OP_SPECS.items():
         assert getattr(samdetr_ops, name) is spec.public and spec.public.__name__ == name
         assert spec.reference is getattr(samdetr_ops.reference, name)

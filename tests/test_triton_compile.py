@@ -46,6 +46,15 @@ def _inputs(op, case, dtype):
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(dtype)
 
+    if op == "ms_deform_attn":  # D = C channels per head; value, locations, weights contiguous as the launcher makes
+        heads, L, P = 2, 3, 4
+        shapes = torch.tensor([[5, 6], [3, 3], [1, 2]])
+        starts = torch.tensor([0, 30, 39])
+        value = randn(B, 41, heads, C)
+        locations = torch.rand(B, N, heads, L, P, 2, generator=g).to(dtype)
+        weights = torch.rand(B, N, heads, L, P, generator=g).to(dtype)
+        forward = (value, shapes, starts, locations, weights)
+        return forward, (randn(B, N, heads * C),) + forward + ([True, True, True],)
     if case == "strided":  # every other channel of a wider tensor: channel stride 2
         features = randn(B, H, W, 2 * C).permute(0, 3, 1, 2)[:, ::2]
     else:  # channels-last: channel stride 1
@@ -108,7 +117,7 @@ def _compile(kernel, args, kwargs, config, target):
 
 def plan(arch):
     """[(op, case, dtype, config index)] to compile for sm_<arch>: see the module docstring."""
-    ops = ("roi_align", "semantic_align", "salient_point_pos_embed")
+    ops = ("roi_align", "semantic_align", "salient_point_pos_embed", "ms_deform_attn")
     if arch == 90:
         return [(op, CASES[i % len(CASES)], dtype, i) for op in ops for i, dtype in enumerate(DTYPES)]
     return [(op, CASES[(j + 1) % len(CASES)], DTYPES[(j + 1) % len(DTYPES)], j) for j, op in enumerate(ops)]
@@ -183,7 +192,7 @@ def test_every_kernel_compiles_for_the_gpu(arch, tmp_path):
     entries = _compile_all(arch, tmp_path)
     _check(entries, arch)
     kernels = {e["kernel"] for e in entries}
-    assert len(kernels) == 6, kernels  # forward and backward of three ops
+    assert len(kernels) == 8, kernels  # forward and backward of four ops
     if arch == 90:  # every kernel in every dtype, every channel case and every autotune config
         for kernel in kernels:
             mine = [e for e in entries if e["kernel"] == kernel]
