@@ -34,6 +34,37 @@ def total_loss(criterion, out, targets=TARGETS):
     return sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict)
 
 
+# Each family's top-level modules in the order they register their parameters. A checkpoint's optimizer state is
+# a list in this order, and the creation order decides a seed's initial weights: both must survive refactoring.
+MODULE_ORDER = {
+    "sam_detr": ["backbone", "position_embedding", "transformer", "query_embed", "input_proj", "class_embed",
+                 "bbox_embed"],
+    "detr": ["backbone", "position_embedding", "transformer", "input_proj", "class_embed", "bbox_embed",
+             "query_embed"],
+    "dab_detr": ["backbone", "position_embedding", "transformer", "input_proj", "class_embed", "bbox_embed",
+                 "anchor_embed"],
+}
+
+
+@pytest.mark.parametrize("kind", ["sam_detr", *KINDS])
+def test_module_order_is_the_checkpoints(kind):
+    model = build(kind)[0]
+    assert [name for name, _ in model.named_children()] == MODULE_ORDER[kind.replace("_aligner", "")]
+    per_layer_heads = kind == "sam_detr"   # SAM-DETR: one class and box head per decoder layer, DETR/DAB: shared
+    assert isinstance(model.class_embed, torch.nn.ModuleList) == per_layer_heads
+    assert isinstance(model.bbox_embed, torch.nn.ModuleList) == per_layer_heads
+
+
+def test_detr_base_is_a_deprecated_alias():
+    from models.base import DetectorBase
+    from models.detr import DETRBase
+    model = build("detr")[0]
+    with pytest.warns(DeprecationWarning, match="DetectorBase"):
+        base = DETRBase(model.backbone, model.position_embedding, model.transformer, SMALL["num_classes"])
+    assert isinstance(base, DetectorBase)
+    assert [name for name, _ in base.named_children()] == MODULE_ORDER["detr"][:-1]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_shape_contract_and_every_parameter_trains(kind):
     model, criterion, postprocess = build(kind)
