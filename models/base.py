@@ -132,14 +132,3 @@ class PostProcess(nn.Module):
 def build_postprocess(cfg=None):
     return PostProcess()
 
-
-def check_aligner_ops(cfg):
-    """The Semantics Aligner's ops: "fused" (samdetr_ops kernels) or "reference" (the unfused official sequence);
-    checked before anything is built."""
-    if cfg.ops not in ("fused", "reference"):
-        raise ValueError(f"{type(cfg).__name__}.ops must be 'fused' or 'reference', got {cfg.ops!r}")
-
-
-def check_no_smca(cfg, kind):
-    if cfg.smca:
-        raise ValueError(f"{kind}: smca (SMCA's Gaussian prior) is a SAM-DETR option; build sam_detr for it")

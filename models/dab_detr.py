@@ -10,7 +10,7 @@ LayerNorm; one box head refines the anchors layer by layer (inverse sigmoid + of
 class and box heads shared by the layers; PReLU in the decoder's FFN; pixel position temperature 20.
 Differences: our encoder (DAB-DETR's also rescales the pixel positions by an MLP of the content), our sine pixel
 embedding (pixel centres), our focal loss weights (class 2, not 1), the input projection's GroupNorm as
-SAMDETRConfig says (DAB-DETR: none; `--no_input_proj_groupnorm`), no pattern embeddings, 100 detections kept.
+DetectorConfig says (DAB-DETR: none; `--no_input_proj_groupnorm`), no pattern embeddings, 100 detections kept.
 
 dab_detr_aligner: the same model whose cross-attention *query* comes from samdetr_ops.nn.SemanticAligner: for
 each head m, the content part is the encoder feature at the head's salient point inside the anchor box and the
@@ -32,8 +32,6 @@ from .base import (
     MLP,
     DetectorBase,
     build_postprocess,
-    check_aligner_ops,
-    check_no_smca,
     clones,
     detection_heads,
     input_projection,
@@ -41,6 +39,7 @@ from .base import (
     xavier_init,
 )
 from .box_ops import inverse_sigmoid
+from .config import check_aligner_ops, check_no_smca
 from .criterion import build_criterion
 from .position_encoding import PositionEmbeddingSine, sine_features
 from .transformer import TransformerEncoder, TransformerEncoderLayer
@@ -249,7 +248,7 @@ class DABDETR(DetectorBase):
 
 
 def build_dab_detr(cfg, aligner=False):
-    """cfg: SAMDETRConfig (smca must be False; ops is the aligner's) -> (model, criterion, postprocess)."""
+    """cfg: DetectorConfig (smca must be False; ops is the aligner's) -> (model, criterion, postprocess)."""
     check_no_smca(cfg, "dab_detr_aligner" if aligner else "dab_detr")
     check_aligner_ops(cfg)
     transformer = DABTransformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import build_backbone
-from .base import DetectorBase, build_postprocess, check_no_smca, clones, detection_heads, input_projection, xavier_init
+from .base import DetectorBase, build_postprocess, clones, detection_heads, input_projection, xavier_init
+from .config import check_no_smca
 from .criterion import build_criterion
 from .position_encoding import build_position_encoding
 from .transformer import TransformerEncoder, TransformerEncoderLayer
@@ -112,7 +113,7 @@ class DETR(DetectorBase):
 
 
 def build_detr(cfg):
-    """cfg: SAMDETRConfig (smca must be False; ops is unused) -> (model, criterion, postprocess)."""
+    """cfg: DetectorConfig (smca must be False; ops is unused) -> (model, criterion, postprocess)."""
     check_no_smca(cfg, "detr")
     transformer = DETRTransformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                                   cfg.dropout)

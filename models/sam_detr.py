@@ -1,42 +1,16 @@
 """The SAM-DETR detector (Zhang et al., CVPR 2022): backbone -> input projection -> transformer -> class and box
-heads per decoder layer; SAMDETRConfig and build. The parts every detector shares are in models/base.py."""
-from dataclasses import dataclass
-
+heads per decoder layer; build. The parts every detector shares are in models/base.py, its configuration in
+models/config.py (SAMDETRConfig, its old name, is kept importable from here as a deprecated alias)."""
 from torch import nn
 
 from .backbone import build_backbone
-from .base import DetectorBase, PostProcess, build_postprocess, check_aligner_ops, detection_heads, input_projection
+from .base import DetectorBase, PostProcess, build_postprocess, detection_heads, input_projection
+from .config import SAMDETRConfig, check_aligner_ops
 from .criterion import build_criterion
 from .position_encoding import build_position_encoding
 from .transformer import build_transformer
 
 __all__ = ["SAMDETR", "SAMDETRConfig", "PostProcess", "build", "build_postprocess"]
-
-
-@dataclass
-class SAMDETRConfig:
-    """The official defaults. dilation=True is the DC5 variant; smca=True adds SMCA's Gaussian prior;
-    input_proj_groupnorm follows the official code's schedules under 25 epochs (both checkpoint forms load);
-    backbone_weights: path of a local torchvision state dict of the chosen ResNet (else random init); backbone:
-    resnet50 (official), resnet34 or resnet18; backbone_norm: "frozen" (official FrozenBatchNorm2d) or "batch"
-    (trainable BatchNorm, for training a small backbone from scratch); ops: "fused" runs the aligner on samdetr_ops,
-    "reference" on the unfused official sequence (samdetr_ops.reference)."""
-    num_classes: int = 91
-    hidden_dim: int = 256
-    nheads: int = 8
-    num_queries: int = 300
-    enc_layers: int = 6
-    dec_layers: int = 6
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    dilation: bool = False
-    smca: bool = False
-    input_proj_groupnorm: bool = True
-    aux_loss: bool = True
-    backbone_weights: str = None
-    ops: str = "fused"
-    backbone: str = "resnet50"
-    backbone_norm: str = "frozen"
 
 
 class SAMDETR(DetectorBase):
@@ -58,7 +32,7 @@ class SAMDETR(DetectorBase):
 
 
 def build(cfg):
-    """cfg: SAMDETRConfig -> (model, criterion, postprocess)."""
+    """cfg: DetectorConfig -> (model, criterion, postprocess)."""
     check_aligner_ops(cfg)
     model = SAMDETR(build_backbone(cfg), build_position_encoding(cfg), build_transformer(cfg), cfg.num_classes,
                     cfg.num_queries, cfg.dec_layers, cfg.input_proj_groupnorm, cfg.aux_loss)

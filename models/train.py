@@ -24,15 +24,16 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from . import SAMDETRConfig
 from .builders import MODEL_BUILDERS, build_model, resolve_model_kind
+from .config import ALIGNER_OPS, ARCHITECTURE_FIELDS, DetectorConfig, config_from_dict, config_to_dict
 from .datasets import InputError, build_dataset, collate_fn, max_image_size
 from .engine import COCO_STAT_NAMES, evaluate, train_one_epoch
 
 CHECKPOINT_FORMAT = "samdetr_ops.models.train/1"
-# SAMDETRConfig fields that define the architecture: a checkpoint only loads into a model built with the same.
-ARCHITECTURE_FIELDS = ("num_classes", "hidden_dim", "nheads", "num_queries", "enc_layers", "dec_layers",
-                       "dim_feedforward", "dilation", "smca", "input_proj_groupnorm", "backbone", "backbone_norm")
+# Names that moved to models.config, importable from here as before.
+__all__ = ["ARCHITECTURE_FIELDS", "CHECKPOINT_FORMAT", "cli", "config_from_dict", "config_to_dict",
+           "freeze_backbone_unless_trained", "get_args_parser", "load_checkpoint", "main", "model_config",
+           "save_checkpoint"]
 
 
 def get_args_parser():
@@ -46,8 +47,8 @@ def get_args_parser():
     parser.add_argument("--clip_max_norm", default=0.1, type=float, help="gradient clipping max norm (0: off)")
     parser.add_argument("--model", default=None, choices=sorted(MODEL_BUILDERS),
                         help="detector (default: the --resume checkpoint's, else sam_detr)")
-    # Model: SAMDETRConfig's fields, with its (the official) defaults
-    config = SAMDETRConfig()
+    # Model, loss and matcher: DetectorConfig's fields, with its (the official) defaults
+    config = DetectorConfig()
     for name in ("enc_layers", "dec_layers", "dim_feedforward", "hidden_dim", "nheads", "num_queries"):
         parser.add_argument(f"--{name}", default=getattr(config, name), type=int)
     parser.add_argument("--dropout", default=config.dropout, type=float)
@@ -57,19 +58,19 @@ def get_args_parser():
                         help="input projection without its GroupNorm (the official long-schedule form)")
     parser.add_argument("--no_aux_loss", dest="aux_loss", action="store_false",
                         help="loss on the last decoder layer only")
-    parser.add_argument("--backbone", default="resnet50", choices=("resnet18", "resnet34", "resnet50"),
+    parser.add_argument("--backbone", default=config.backbone, choices=("resnet18", "resnet34", "resnet50"),
                         help="torchvision ResNet (the official model: resnet50; dilation needs it)")
-    parser.add_argument("--backbone_norm", default="frozen", choices=("frozen", "batch"),
+    parser.add_argument("--backbone_norm", default=config.backbone_norm, choices=("frozen", "batch"),
                         help="frozen BatchNorm (official, for pretrained weights) or trainable BatchNorm (for a "
                              "backbone trained from scratch)")
-    parser.add_argument("--backbone_weights", default=None, help="local torchvision state dict of --backbone")
-    parser.add_argument("--ops", default=config.ops, choices=("fused", "reference"),
+    parser.add_argument("--backbone_weights", default=config.backbone_weights,
+                        help="local torchvision state dict of --backbone")
+    parser.add_argument("--ops", default=config.ops, choices=ALIGNER_OPS,
                         help="aligner ops: samdetr_ops kernels or the unfused official sequence")
-    # Matcher costs and loss weights (the official defaults)
-    for name, default in (("set_cost_class", 2.0), ("set_cost_bbox", 5.0), ("set_cost_giou", 2.0),
-                          ("cls_loss_coef", 2.0), ("bbox_loss_coef", 5.0), ("giou_loss_coef", 2.0),
-                          ("focal_alpha", 0.25)):
-        parser.add_argument(f"--{name}", default=default, type=float)
+    # Matcher costs, loss weights (every decoder layer's loss gets its base weight), focal loss parameters
+    for name in ("set_cost_class", "set_cost_bbox", "set_cost_giou", "cls_loss_coef", "bbox_loss_coef",
+                 "giou_loss_coef", "focal_alpha", "focal_gamma"):
+        parser.add_argument(f"--{name}", default=getattr(config, name), type=float)
     # Data
     parser.add_argument("--coco_path", type=str, default="data/coco")
     parser.add_argument("--image_scale", default=1.0, type=float,
@@ -91,23 +92,10 @@ def get_args_parser():
 
 
 def model_config(args, num_classes):
-    """SAMDETRConfig from the arguments of the same names."""
-    cfg = SAMDETRConfig(num_classes=num_classes, **{field.name: getattr(args, field.name)
-                                                    for field in dataclasses.fields(SAMDETRConfig)
-                                                    if field.name != "num_classes"})
-    return cfg
-
-
-def config_to_dict(cfg):
-    """The model configuration saved in checkpoints: SAMDETRConfig's fields and the backbone's."""
-    return dataclasses.asdict(cfg)
-
-
-def config_from_dict(saved, **overrides):
-    """SAMDETRConfig of a checkpoint's "config" (older ones without the backbone entries: the official ResNet-50)."""
-    values = saved | overrides
-    field_names = {field.name for field in dataclasses.fields(SAMDETRConfig)}
-    return SAMDETRConfig(**{k: v for k, v in values.items() if k in field_names})
+    """DetectorConfig from the arguments of the same names."""
+    return DetectorConfig(num_classes=num_classes, **{field.name: getattr(args, field.name)
+                                                      for field in dataclasses.fields(DetectorConfig)
+                                                      if field.name != "num_classes"})
 
 
 def freeze_backbone_unless_trained(model, lr_backbone):
@@ -115,18 +103,6 @@ def freeze_backbone_unless_trained(model, lr_backbone):
     it at all, which also skips its backward)."""
     if lr_backbone <= 0:
         model.backbone.requires_grad_(False)
-
-
-def set_loss_coefficients(criterion, args):
-    """The matcher costs and loss weights of the arguments (every decoder layer's loss gets its base weight)."""
-    matcher = criterion.matcher
-    matcher.cost_class, matcher.cost_bbox, matcher.cost_giou = (args.set_cost_class, args.set_cost_bbox,
-                                                                args.set_cost_giou)
-    criterion.focal_alpha = matcher.alpha = args.focal_alpha
-    base = {"loss_ce": args.cls_loss_coef, "loss_bbox": args.bbox_loss_coef, "loss_giou": args.giou_loss_coef}
-    for name in criterion.weight_dict:
-        stem = name.rsplit("_", 1)[0] if name.rsplit("_", 1)[-1].isdigit() else name
-        criterion.weight_dict[name] = base[stem]
 
 
 # ----------------------------------------------------------------------------------------------- distributed
@@ -203,7 +179,7 @@ def _load_model_state(model, checkpoint, cfg, path):
         from .convert import convert_official_state_dict
         try:
             state_dict = convert_official_state_dict(state_dict, cfg)
-        except (KeyError, ValueError) as error:  # a variant mismatch names the SAMDETRConfig field to change
+        except (KeyError, ValueError) as error:  # a variant mismatch names the DetectorConfig field to change
             raise InputError(f"checkpoint {path} (official layout) cannot be converted: {error}") from error
     try:
         model.load_state_dict(state_dict)
@@ -278,7 +254,6 @@ def main(args):
     cfg = model_config(args, reference_set.num_classes)
 
     model, criterion, postprocess = build_model(args.model, cfg)
-    set_loss_coefficients(criterion, args)
     freeze_backbone_unless_trained(model, args.lr_backbone)
     model.to(device)
     if checkpoint is not None:

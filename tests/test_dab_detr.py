@@ -22,7 +22,7 @@ KINDS = ["detr", "dab_detr", "dab_detr_aligner"]
 def build(kind, **overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-backbone warning
-        return build_model(kind, models.SAMDETRConfig(**{**SMALL, **overrides}))
+        return build_model(kind, models.DetectorConfig(**{**SMALL, **overrides}))
 
 
 TARGETS = [{"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.25, 0.3, 0.2, 0.2]])},

@@ -4,6 +4,7 @@ Run as a script by torchrun, this file is also the worker of the DDP test (see `
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from models import SAMDETRConfig, build, synthetic
+from models import DetectorConfig, build, synthetic
 from models.convert import to_official_state_dict
 from models.datasets import build_dataset, collate_fn
 from models.engine import evaluate, train_one_epoch
@@ -28,8 +29,8 @@ IMAGE_SCALE = 0.08  # DETR's 480..800 -> 38..64 px (eval: 64)
 
 
 def tiny_config(**overrides):
-    return SAMDETRConfig(**{"num_classes": 10, "hidden_dim": 32, "nheads": 4, "dim_feedforward": 64,
-                            "enc_layers": 1, "dec_layers": 2, "num_queries": 10, **overrides})
+    return DetectorConfig(**{"num_classes": 10, "hidden_dim": 32, "nheads": 4, "dim_feedforward": 64,
+                             "enc_layers": 1, "dec_layers": 2, "num_queries": 10, **overrides})
 
 
 def cli_argv(coco_dir, output_dir, *extra):
@@ -71,6 +72,26 @@ def fixed_batches(coco_dir, num_images, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------- training
+def test_command_line_defaults_are_the_configs():
+    """Every DetectorConfig field but num_classes (the dataset's) is an argument with the config's default."""
+    args = get_args_parser().parse_args([])
+    for field in dataclasses.fields(DetectorConfig):
+        if field.name != "num_classes":
+            assert getattr(args, field.name) == field.default, field.name
+
+
+def test_loss_and_matcher_weights_come_from_the_config():
+    weights = dict(cls_loss_coef=1.5, bbox_loss_coef=4.0, giou_loss_coef=3.0, set_cost_class=1.0, set_cost_bbox=6.0,
+                   set_cost_giou=2.5, focal_alpha=0.3, focal_gamma=1.5)
+    _, criterion, _ = build(tiny_config(**weights))
+    assert criterion.weight_dict == {f"{name}{suffix}": value for suffix in ("", "_0")
+                                     for name, value in (("loss_ce", 1.5), ("loss_bbox", 4.0), ("loss_giou", 3.0))}
+    assert (criterion.focal_alpha, criterion.focal_gamma) == (0.3, 1.5)
+    matcher = criterion.matcher
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou, matcher.alpha, matcher.gamma) == (
+        1.0, 6.0, 2.5, 0.3, 1.5)
+
+
 def test_loss_falls_when_overfitting(coco_dir):
     torch.manual_seed(0)
     model, criterion, _ = build(tiny_config(dropout=0.0))
@@ -88,6 +109,8 @@ def test_checkpoint_and_log_contents(one_epoch_run):
     assert {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "args", "config", "categories",
             "rng"} <= set(checkpoint)
     assert checkpoint["epoch"] == 0 and checkpoint["categories"][7] == "cross"
+    # the whole configuration, loss and matcher weights included
+    assert checkpoint["config"] == dataclasses.asdict(tiny_config())
     row, = [json.loads(line) for line in (one_epoch_run / "log.jsonl").read_text().splitlines()]
     for key in ("train_loss", "train_lr", "train_epoch_time", "train_images_per_s", "test_AP", "test_AP50",
                 "test_ARl"):
