@@ -76,15 +76,25 @@ class DetectorBase(nn.Module):
     """The detector around a transformer: backbone -> input projection -> position embedding (encoder_inputs),
     and the class head over the decoder's outputs (detection_outputs).
 
-    Each subclass registers, in __init__, its learnt queries, `self.input_proj = input_projection(...)` and
-    `self.class_embed, self.bbox_embed = detection_heads(...)` in its family's order: the parameter order is the
-    order of a checkpoint's optimizer state, and the creation order decides a seed's initial weights, so neither
-    may change."""
+    Every detector's forward(images, mask=None): images (B, 3, H, W), mask (B, H, W) bool, True on padding (None:
+    no padding) -> {"pred_logits": (B, N, num_classes), "pred_boxes": (B, N, 4) cxcywh in [0, 1] of each image's
+    valid size, "aux_outputs": [{"pred_logits", "pred_boxes"}] of the other decoder layers (aux_loss)}.
+
+    Each subclass's __init__ registers its learnt queries and calls add_input_proj_and_heads in its family's
+    order (SAM-DETR: queries first; DETR, DAB-DETR: queries last): the parameter order is the order of a
+    checkpoint's optimizer state, and the creation order decides a seed's initial weights, so neither may
+    change."""
 
     def __init__(self, backbone, position_embedding, transformer, aux_loss=True):
         super().__init__()
         self.backbone, self.position_embedding, self.transformer = backbone, position_embedding, transformer
         self.aux_loss = aux_loss
+
+    def add_input_proj_and_heads(self, num_classes, input_proj_groupnorm, head_copies=None):
+        """input_proj (see input_projection), class_embed and bbox_embed (see detection_heads)."""
+        hidden_dim = self.transformer.d_model
+        self.input_proj = input_projection(self.backbone.num_channels, hidden_dim, input_proj_groupnorm)
+        self.class_embed, self.bbox_embed = detection_heads(hidden_dim, num_classes, head_copies)
 
     def encoder_inputs(self, images, mask):
         """images (B, 3, H, W), mask (B, H, W) or None -> src (B, C, h, w), mask (B, h, w), pos (B, hw, C)."""

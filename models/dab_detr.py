@@ -33,8 +33,6 @@ from .base import (
     DetectorBase,
     build_postprocess,
     clones,
-    detection_heads,
-    input_projection,
     valid_ratios_of,
     xavier_init,
 )
@@ -229,15 +227,13 @@ class DABTransformer(nn.Module):
 
 
 class DABDETR(DetectorBase):
-    """forward(images, mask=None): images (B, 3, H, W), mask (B, H, W) bool, True on padding ->
-    {"pred_logits": (B, N, num_classes), "pred_boxes": (B, N, 4) cxcywh in [0, 1] of each image's valid size,
-     "aux_outputs": [{"pred_logits", "pred_boxes"}] of the other decoder layers (aux_loss)}."""
+    """DAB-DETR's learnt anchor boxes (N, 4), refined layer by layer by the shared box head.
+    forward(images, mask=None) -> the output dictionary of DetectorBase."""
 
     def __init__(self, backbone, position_embedding, transformer, num_classes, num_queries, input_proj_groupnorm=True,
                  aux_loss=True):
         super().__init__(backbone, position_embedding, transformer, aux_loss)
-        self.input_proj = input_projection(backbone.num_channels, transformer.d_model, input_proj_groupnorm)
-        self.class_embed, self.bbox_embed = detection_heads(transformer.d_model, num_classes)
+        self.add_input_proj_and_heads(num_classes, input_proj_groupnorm)
         self.anchor_embed = nn.Embedding(num_queries, 4)       # anchor boxes before the sigmoid, cxcywh
 
     def forward(self, images, mask=None):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbone import build_backbone
-from .base import DetectorBase, build_postprocess, clones, detection_heads, input_projection, xavier_init
+from .base import DetectorBase, build_postprocess, clones, xavier_init
 from .config import check_no_smca
 from .criterion import build_criterion
 from .position_encoding import build_position_encoding
@@ -90,20 +90,17 @@ class DETRBase(DetectorBase):
         warnings.warn("models.detr.DETRBase is deprecated; subclass models.base.DetectorBase",
                       DeprecationWarning, stacklevel=2)
         super().__init__(backbone, position_embedding, transformer, aux_loss)
-        self.input_proj = input_projection(backbone.num_channels, transformer.d_model, input_proj_groupnorm)
-        self.class_embed, self.bbox_embed = detection_heads(transformer.d_model, num_classes)
+        self.add_input_proj_and_heads(num_classes, input_proj_groupnorm)
 
 
 class DETR(DetectorBase):
-    """forward(images, mask=None): images (B, 3, H, W), mask (B, H, W) bool, True on padding ->
-    {"pred_logits": (B, N, num_classes), "pred_boxes": (B, N, 4) cxcywh in [0, 1] of each image's valid size,
-     "aux_outputs": [{"pred_logits", "pred_boxes"}] of the other decoder layers (aux_loss)}."""
+    """DETR's learnt query embeddings (N, C) as the decoder's query positions; boxes predicted directly.
+    forward(images, mask=None) -> the output dictionary of DetectorBase."""
 
     def __init__(self, backbone, position_embedding, transformer, num_classes, num_queries, input_proj_groupnorm=True,
                  aux_loss=True):
         super().__init__(backbone, position_embedding, transformer, aux_loss)
-        self.input_proj = input_projection(backbone.num_channels, transformer.d_model, input_proj_groupnorm)
-        self.class_embed, self.bbox_embed = detection_heads(transformer.d_model, num_classes)
+        self.add_input_proj_and_heads(num_classes, input_proj_groupnorm)
         self.query_embed = nn.Embedding(num_queries, transformer.d_model)   # learnt query positions
 
     def forward(self, images, mask=None):

@@ -4,7 +4,7 @@ models/config.py (SAMDETRConfig, its old name, is kept importable from here as a
 from torch import nn
 
 from .backbone import build_backbone
-from .base import DetectorBase, PostProcess, build_postprocess, detection_heads, input_projection
+from .base import DetectorBase, PostProcess, build_postprocess
 from .config import SAMDETRConfig, check_aligner_ops
 from .criterion import build_criterion
 from .position_encoding import build_position_encoding
@@ -14,16 +14,14 @@ __all__ = ["SAMDETR", "SAMDETRConfig", "PostProcess", "build", "build_postproces
 
 
 class SAMDETR(DetectorBase):
-    """forward(images, mask=None): images (B, 3, H, W), mask (B, H, W) bool, True on padding ->
-    {"pred_logits": (B, Q, num_classes), "pred_boxes": (B, Q, 4) cxcywh in [0, 1] of each image's valid size,
-     "aux_outputs": [{"pred_logits", "pred_boxes"}] of the other decoder layers (aux_loss)}."""
+    """SAM-DETR's learnt reference boxes (N, 4), refined layer by layer by each layer's own box head.
+    forward(images, mask=None) -> the output dictionary of DetectorBase."""
 
     def __init__(self, backbone, position_embedding, transformer, num_classes, num_queries, dec_layers,
                  input_proj_groupnorm=True, aux_loss=True):
         super().__init__(backbone, position_embedding, transformer, aux_loss)
         self.query_embed = nn.Embedding(num_queries, 4)        # reference boxes before the sigmoid, cxcywh
-        self.input_proj = input_projection(backbone.num_channels, transformer.d_model, input_proj_groupnorm)
-        self.class_embed, self.bbox_embed = detection_heads(transformer.d_model, num_classes, copies=dec_layers)
+        self.add_input_proj_and_heads(num_classes, input_proj_groupnorm, head_copies=dec_layers)
 
     def forward(self, images, mask=None):
         src, mask, pos = self.encoder_inputs(images, mask)
