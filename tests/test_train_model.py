@@ -5,6 +5,7 @@ Run as a script by torchrun, this file is also the worker of the DDP test (see `
 
 import argparse
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from models import DetectorConfig, build, synthetic
 from models.convert import to_official_state_dict
 from models.datasets import build_dataset, collate_fn
 from models.engine import evaluate, train_one_epoch
+from models.checkpoint import CHECKPOINT_FORMAT
 from models.train import cli, freeze_backbone_unless_trained, get_args_parser, main, save_checkpoint
 
 # Small enough for seconds per epoch on a 2-core CPU: 64 px images, 1 encoder and 2 decoder layers (so the
@@ -109,6 +111,9 @@ def test_checkpoint_and_log_contents(one_epoch_run):
     assert {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "args", "config", "categories",
             "rng"} <= set(checkpoint)
     assert checkpoint["epoch"] == 0 and checkpoint["categories"][7] == "cross"
+    # the format names the module that reads and writes it
+    assert checkpoint["format"] == CHECKPOINT_FORMAT
+    importlib.import_module(CHECKPOINT_FORMAT.split("/")[0])
     # the whole configuration, loss and matcher weights included
     assert checkpoint["config"] == dataclasses.asdict(tiny_config())
     row, = [json.loads(line) for line in (one_epoch_run / "log.jsonl").read_text().splitlines()]
@@ -133,6 +138,39 @@ def test_resume_is_exact(coco_dir, one_epoch_run, tmp_path):
         assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
     rows = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (straight, resumed)]
     assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
+
+
+# SAMDETRConfig's fields, all that format "samdetr_ops.models.train/1" recorded as its "config"
+FORMAT_1_CONFIG = ("num_classes", "hidden_dim", "nheads", "num_queries", "enc_layers", "dec_layers", "dim_feedforward",
+                   "dropout", "dilation", "smca", "input_proj_groupnorm", "aux_loss", "backbone_weights", "ops",
+                   "backbone", "backbone_norm")
+
+
+def test_a_format_1_checkpoint_resumes_and_predicts(coco_dir, one_epoch_run, tmp_path):
+    """A checkpoint as models.train wrote it before models/checkpoint.py (format "samdetr_ops.models.train/1",
+    its config without the loss and matcher weights, its arguments without --focal_gamma) resumes exactly as
+    today's does, and models.predict loads it."""
+    from models.predict import load_detector
+    today = torch.load(one_epoch_run / "checkpoint.pth", weights_only=True)
+    before = dict(today, format="samdetr_ops.models.train/1",
+                  config={k: v for k, v in today["config"].items() if k in FORMAT_1_CONFIG},
+                  args={k: v for k, v in today["args"].items() if k != "focal_gamma"})
+    for name, checkpoint in (("before", before), ("today", today)):
+        (tmp_path / name).mkdir()
+        torch.save(checkpoint, tmp_path / name / "checkpoint.pth")
+        main(run_args(coco_dir, tmp_path / name, "--epochs", "2", "--resume", tmp_path / name / "checkpoint.pth"))
+    a, b = (torch.load(tmp_path / name / "checkpoint.pth", weights_only=True) for name in ("before", "today"))
+    assert a["epoch"] == b["epoch"] == 1 and a["format"] == CHECKPOINT_FORMAT
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    rows = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+            for d in ("before", "today")]
+    for key in ("epoch", "train_loss", "test_AP", "test_AR100"):
+        assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key
+    assert [r["epoch"] for r in rows[0]] == [1]
+    torch.save(before, tmp_path / "before.pth")
+    model, _, _, _ = load_detector(str(tmp_path / "before.pth"), torch.device("cpu"))
+    assert all(torch.equal(v, before["model"][k]) for k, v in model.state_dict().items())
 
 
 def _ddp_worker(out_dir, coco_dir):
