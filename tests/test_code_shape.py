@@ -25,7 +25,8 @@ def long_functions(source, path, limit=MAX_FUNCTION_LINES):
 
 def test_the_checker_finds_a_long_function():
     body = "".join(f"    x{i} = {i}\n" for i in range(MAX_FUNCTION_LINES))
-    source = f"class A:\n    @staticmethod\n    def short():\n        pass\n\n    def long():\n{body.replace('    ', '        ')}"
+    indented = body.replace("    ", "        ")
+    source = f"class A:\n    @staticmethod\n    def short():\n        pass\n\n    def long():\n{indented}"
     assert long_functions(source, "a.py") == [f"a.py:6 long ({MAX_FUNCTION_LINES + 1} lines)"]
     assert long_functions(f"def fits():\n{''.join(body.splitlines(True)[1:])}", "b.py") == []
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from models import DetectorConfig, build, synthetic
+from models.checkpoint import CHECKPOINT_FORMAT
 from models.convert import to_official_state_dict
 from models.datasets import build_dataset, collate_fn
 from models.engine import evaluate, train_one_epoch
-from models.checkpoint import CHECKPOINT_FORMAT
 from models.train import cli, freeze_backbone_unless_trained, get_args_parser, main, save_checkpoint
 
 # Small enough for seconds per epoch on a 2-core CPU: 64 px images, 1 encoder and 2 decoder layers (so the
