@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import torch
 
@@ -308,90 +309,120 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtypes = [getattr(torch, d) for d in (args.dtype or (["float32", "bfloat16"] if device.type == "cuda"
-                                                          else ["float32"]))]
-    min_run_time = args.min_run_time or (0.5 if args.preset == "quick" else 1.0)
-    env = environment(device)
-    compile_ref = args.backend is None or "compiled-ref" in args.backend
-    floor_bw = copy_bandwidth(device) if device.type == "cuda" else None
-    floor_launch = launch_time(device) if device.type == "cuda" else None
-    floor_rates = cpu_rates() if device.type == "cpu" else None
+class Floors(NamedTuple):
+    """This machine's rates for the floors, measured once per run: CUDA copy bytes/s and launch ms, or the CPU's
+    cpu_rates(); None where they do not apply."""
+    copy_bandwidth: float = None
+    launch_ms: float = None
+    cpu_rates: dict = None
 
-    tasks = [(op, shape, dtype, mode) for op in args.ops for shape in cases.shapes(device.type, args.preset)
-             for dtype in dtypes for mode in args.modes]
+
+def measure_floors(device):
+    if device.type == "cuda":
+        return Floors(copy_bandwidth=copy_bandwidth(device), launch_ms=launch_time(device))
+    return Floors(cpu_rates=cpu_rates() if device.type == "cpu" else None)
+
+
+def floor_ms(op, shape, dtype, mode, inputs, floors):
+    """The op's lower bound for one forward (None for forward+backward and for the aligner block)."""
+    if mode == "forward+backward" or op == "aligner_block":
+        return None
+    if floors.copy_bandwidth:
+        return max(floors.launch_ms, cases.min_bytes(op, shape, dtype.itemsize) / floors.copy_bandwidth * 1e3)
+    if floors.cpu_rates:
+        return cpu_floor_ms(op, shape, dtype, inputs, floors.cpu_rates)
+    return None
+
+
+def checked_runners(case, input_sets, impls, device, compiled_cache, failures):
+    """(name, step, held) of each variant of `impls` in turn, once its first output (and gradients) passed
+    check_outputs against the eager reference's. A variant that fails is reported in `failures` and not timed;
+    when the eager reference itself fails, nothing after it runs."""
+    op, shape, dtype, mode = case
+    reference_output = float32_truth = None
+    if dtype in (torch.float16, torch.bfloat16):
+        # The fused ops in half precision are checked against the float32 reference on the same rounded
+        # inputs: the eager reference in half precision is itself much further from it than they are
+        # (bfloat16 semantic_align point gradient, CPU: 0.19 vs 0.0023 relative error in norm).
+        wide_sets = [{k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in x.items()}
+                     for x in input_sets]
+        float32_truth = build_runner(op, cases.REFERENCE, shape, device, torch.float32, mode, wide_sets,
+                                     compiled_cache)[1]()
+    for name, impl in impls.items():
+        try:
+            step, first_output, held = build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cache)
+            out = first_output()
+            if name == "reference":
+                reference_output = out
+            elif float32_truth is None:
+                check_outputs(out, reference_output, dtype, op)
+            elif name != "compiled-ref":
+                # (the compiled reference in half precision is as far from float32 as the eager one, and
+                # both differ from each other by as much: torch's, not ours to check)
+                check_outputs(out, float32_truth, dtype, op)
+        except Exception as error:  # a variant that fails its check is reported, not timed
+            failures.append(f"{op} {shape} {dtype} {mode} {name}: {type(error).__name__}: {error}"[:400])
+            if reference_output is None:  # the eager reference itself failed: nothing to compare against
+                return
+            continue
+        yield name, step, held
+
+
+def measured_row(case, name, step, held, inputs, device, min_run_time, floors, env):
+    """One CSV row: the variant's time quantiles, autograd-saved and peak memory, and the op's floor."""
+    op, shape, dtype, mode = case
+    if device.type == "cuda":
+        median, p20, p80 = time_cuda(step)
+    else:
+        median, p20, p80 = time_cpu(step, min_run_time)
+    saved_all, saved_extra = (saved_bytes(step, held) if mode != "inference" else (0, 0))
+    floor = floor_ms(op, shape, dtype, mode, inputs, floors)
+    return dict(env, timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), op=op,
+                variant=name, mode=mode, dtype=str(dtype).replace("torch.", ""), B=shape.B, N=shape.N, M=shape.M,
+                C=shape.C, H=shape.H, W=shape.W, median_ms=median, p20_ms=p20, p80_ms=p80, saved_bytes=saved_all,
+                saved_beyond_inputs_bytes=saved_extra, peak_bytes=peak_bytes(step, device), floor_ms=floor)
+
+
+def progress_bar(total):
     try:
         from tqdm import tqdm
-        progress = tqdm(total=len(tasks), file=sys.stderr, desc="bench", dynamic_ncols=True)
+        return tqdm(total=total, file=sys.stderr, desc="bench", dynamic_ncols=True)
     except ImportError:
-        progress = None
+        return None
+
+
+def run_cases(tasks, args, device, env, floors):
+    """Checks and times every variant of every (op, shape, dtype, mode) of `tasks`; cases that would start after
+    --time-budget are skipped. Returns (rows, failures, number skipped)."""
+    min_run_time = args.min_run_time or (0.5 if args.preset == "quick" else 1.0)
+    compile_ref = args.backend is None or "compiled-ref" in args.backend
+    progress = progress_bar(len(tasks))
     rows, compiled_cache, failures = [], {}, []
-    input_cache = {}
+    input_cache = {}  # the inputs of one (shape, dtype) at a time
     started, skipped = time.monotonic(), 0
-    for op, shape, dtype, mode in tasks:
+    for case in tasks:
+        op, shape, dtype, mode = case
         if args.time_budget is not None and time.monotonic() - started > args.time_budget:
             skipped += 1
             continue
         if progress:
             progress.set_postfix_str(f"{op} {shape} {str(dtype)[6:]} {mode}")
-        key = (shape, dtype)
-        if key not in input_cache:
+        if (shape, dtype) not in input_cache:
             input_cache.clear()
-            input_cache[key] = [cases.make_inputs(shape, device, dtype, seed) for seed in range(INPUT_SETS)]
-        input_sets = input_cache[key]
+            input_cache[shape, dtype] = [cases.make_inputs(shape, device, dtype, seed) for seed in range(INPUT_SETS)]
+        input_sets = input_cache[shape, dtype]
         impls = variants(op, device, args.backend, compile_ref)
-        reference_output = float32_truth = None
-        if dtype in (torch.float16, torch.bfloat16):
-            # The fused ops in half precision are checked against the float32 reference on the same rounded
-            # inputs: the eager reference in half precision is itself much further from it than they are
-            # (bfloat16 semantic_align point gradient, CPU: 0.19 vs 0.0023 relative error in norm).
-            wide_sets = [{k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in x.items()}
-                         for x in input_sets]
-            float32_truth = build_runner(op, cases.REFERENCE, shape, device, torch.float32, mode, wide_sets,
-                                         compiled_cache)[1]()
-        for name, impl in impls.items():
-            try:
-                step, first_output, held = build_runner(op, impl, shape, device, dtype, mode, input_sets,
-                                                        compiled_cache)
-                out = first_output()
-                if name == "reference":
-                    reference_output = out
-                elif float32_truth is None:
-                    check_outputs(out, reference_output, dtype, op)
-                elif name != "compiled-ref":
-                    # (the compiled reference in half precision is as far from float32 as the eager one, and
-                    # both differ from each other by as much: torch's, not ours to check)
-                    check_outputs(out, float32_truth, dtype, op)
-            except Exception as error:  # a variant that fails its check is reported, not timed
-                failures.append(f"{op} {shape} {dtype} {mode} {name}: {type(error).__name__}: {error}"[:400])
-                if reference_output is None:  # the eager reference itself failed: nothing to compare against
-                    break
-                continue
-            if device.type == "cuda":
-                median, p20, p80 = time_cuda(step)
-            else:
-                median, p20, p80 = time_cpu(step, min_run_time)
-            saved_all, saved_extra = (saved_bytes(step, held) if mode != "inference" else (0, 0))
-            floor = None
-            if floor_bw and mode != "forward+backward" and op != "aligner_block":
-                floor = max(floor_launch, cases.min_bytes(op, shape, dtype.itemsize) / floor_bw * 1e3)
-            elif floor_rates and mode != "forward+backward" and op != "aligner_block":
-                floor = cpu_floor_ms(op, shape, dtype, input_sets[0], floor_rates)
-            rows.append(dict(env, timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"), op=op, variant=name, mode=mode, dtype=str(dtype).replace("torch.", ""),
-                B=shape.B, N=shape.N, M=shape.M, C=shape.C, H=shape.H, W=shape.W, median_ms=median,
-                p20_ms=p20, p80_ms=p80, saved_bytes=saved_all, saved_beyond_inputs_bytes=saved_extra,
-                peak_bytes=peak_bytes(step, device), floor_ms=floor))
+        for name, step, held in checked_runners(case, input_sets, impls, device, compiled_cache, failures):
+            rows.append(measured_row(case, name, step, held, input_sets[0], device, min_run_time, floors, env))
         if progress:
             progress.update()
     if progress:
         progress.close()
-    add_speedups(rows)
-    print_table(rows, env)
-    if skipped:
-        print(f"\n{skipped} of {len(tasks)} cases not run: --time-budget {args.time_budget:g} s ran out")
+    return rows, failures, skipped
+
+
+def write_results(rows, args, device, env, skipped):
+    """The CSV (and the PNG plot) under --out."""
     os.makedirs(args.out, exist_ok=True)
     slug = "cpu" if device.type == "cpu" else env["card"].replace(" ", "-").replace("/", "-")
     # a filtered or cut-short run gets its own file, so it never overwrites the results of a whole preset
@@ -407,6 +438,23 @@ def main(argv=None):
             print(f"plot: {os.path.relpath(png)}")
         except ImportError as error:
             print(f"no plot: {error} (pip install matplotlib)")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtypes = [getattr(torch, d) for d in (args.dtype or (["float32", "bfloat16"] if device.type == "cuda"
+                                                          else ["float32"]))]
+    env = environment(device)
+    floors = measure_floors(device)
+    tasks = [(op, shape, dtype, mode) for op in args.ops for shape in cases.shapes(device.type, args.preset)
+             for dtype in dtypes for mode in args.modes]
+    rows, failures, skipped = run_cases(tasks, args, device, env, floors)
+    add_speedups(rows)
+    print_table(rows, env)
+    if skipped:
+        print(f"\n{skipped} of {len(tasks)} cases not run: --time-budget {args.time_budget:g} s ran out")
+    write_results(rows, args, device, env, skipped)
     if failures:
         print("\nFAILED CHECKS (not timed):\n  " + "\n  ".join(failures))
         return 1

@@ -18,7 +18,7 @@ import models
 import samdetr_ops.onnx
 from benchmarks.bench import RESULTS, environment, write_csv
 
-# The small detector of tests/test_onnx.py and the official configuration (models.SAMDETRConfig's defaults).
+# The small detector of tests/test_onnx.py and the official configuration (models.DetectorConfig's defaults).
 CONFIGS = {"small": dict(num_classes=5, hidden_dim=64, nheads=4, num_queries=6, enc_layers=1, dec_layers=2,
                          dim_feedforward=64),
            "default": dict()}
@@ -40,7 +40,7 @@ def measure(config, B, H, W, repeats, threads):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random backbone: timing does not depend on the weights
         torch.manual_seed(0)
-        model = models.build(models.SAMDETRConfig(**CONFIGS[config]))[0].eval()
+        model = models.build(models.DetectorConfig(**CONFIGS[config]))[0].eval()
         inputs = make_inputs(B, H, W)
         start = time.perf_counter()
         program = samdetr_ops.onnx.export(model, inputs, opset_version=18, verbose=False)

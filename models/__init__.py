@@ -1,7 +1,8 @@
-"""SAM-DETR (Semantic-Aligned Matching DETR, CVPR 2022) on the samdetr_ops kernels.
+"""SAM-DETR (Semantic-Aligned Matching DETR, CVPR 2022), DETR and DAB-DETR on the samdetr_ops kernels.
 
-    model, criterion, postprocess = models.build(models.SAMDETRConfig(num_classes=91))
+    model, criterion, postprocess = models.build(models.DetectorConfig(num_classes=91))
 """
-from .sam_detr import SAMDETR, PostProcess, SAMDETRConfig, build
+from .config import DetectorConfig, SAMDETRConfig
+from .sam_detr import SAMDETR, PostProcess, build
 
-__all__ = ["SAMDETR", "SAMDETRConfig", "PostProcess", "build"]
+__all__ = ["SAMDETR", "DetectorConfig", "SAMDETRConfig", "PostProcess", "build"]

@@ -1,5 +1,5 @@
 """Every detector of models/ by name, for the training command and for rebuilding a model from a checkpoint.
-All take a SAMDETRConfig (the fields they share: sizes, layers, backbone, ops) and return
+All take a DetectorConfig (sizes, layers, backbone, ops, loss and matcher weights) and return
 (model, criterion, postprocess)."""
 from .dab_detr import build_dab_detr, build_dab_detr_aligner
 from .datasets import InputError
@@ -11,7 +11,7 @@ MODEL_BUILDERS = {"sam_detr": build_sam_detr, "dab_detr": build_dab_detr, "dab_d
 
 
 def build_model(kind, cfg):
-    """kind: one of MODEL_BUILDERS; cfg: SAMDETRConfig -> (model, criterion, postprocess)."""
+    """kind: one of MODEL_BUILDERS; cfg: DetectorConfig -> (model, criterion, postprocess)."""
     if kind not in MODEL_BUILDERS:
         raise ValueError(f"model kind must be one of {sorted(MODEL_BUILDERS)}, got {kind!r}")
     return MODEL_BUILDERS[kind](cfg)

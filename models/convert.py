@@ -1,7 +1,7 @@
 """Official SAM-DETR checkpoints (github.com/ZhangGongjie/SAM-DETR) <-> this package's state dicts.
 
     checkpoint = torch.load("SAM-DETR-R50-SMCA.pth", map_location="cpu", weights_only=False)
-    cfg = SAMDETRConfig(smca=True, input_proj_groupnorm=True)
+    cfg = DetectorConfig(smca=True, input_proj_groupnorm=True)
     model, criterion, postprocess = build(cfg)
     model.load_state_dict(convert_official_state_dict(checkpoint["model"], cfg))   # strict
 
@@ -41,12 +41,12 @@ def convert_official_state_dict(state_dict, cfg):
     has_groupnorm = "input_proj.0.1.weight" in state_dict
     if has_groupnorm != cfg.input_proj_groupnorm:
         raise ValueError(f"convert_official_state_dict: the checkpoint {'has' if has_groupnorm else 'has no'} "
-                         f"GroupNorm in input_proj; build with SAMDETRConfig(input_proj_groupnorm={has_groupnorm})")
+                         f"GroupNorm in input_proj; build with DetectorConfig(input_proj_groupnorm={has_groupnorm})")
     point_outputs = state_dict["transformer.decoder.layers.0.point2.6.bias"].shape[0]
     is_smca = point_outputs == 4 * cfg.nheads
     if is_smca != cfg.smca:
         raise ValueError(f"convert_official_state_dict: the checkpoint's point predictor has {point_outputs} "
-                         f"outputs for {cfg.nheads} heads; build with SAMDETRConfig(smca={is_smca})")
+                         f"outputs for {cfg.nheads} heads; build with DetectorConfig(smca={is_smca})")
     converted = {}
     for key, value in state_dict.items():
         if key.endswith("num_batches_tracked"):

@@ -7,7 +7,7 @@ from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
-from .matcher import build_matcher
+from .matcher import OFFICIAL, build_matcher
 
 
 class SetCriterion(nn.Module):
@@ -17,7 +17,8 @@ class SetCriterion(nn.Module):
     The losses are normalised by the number of target boxes, averaged over processes under DDP.
     Labels lie in [0, num_classes); the total loss is sum(weight_dict[k] * losses[k])."""
 
-    def __init__(self, num_classes, matcher, weight_dict, focal_alpha=0.25, focal_gamma=2.0):
+    def __init__(self, num_classes, matcher, weight_dict, focal_alpha=OFFICIAL.focal_alpha,
+                 focal_gamma=OFFICIAL.focal_gamma):
         super().__init__()
         self.num_classes, self.matcher, self.weight_dict = num_classes, matcher, weight_dict
         self.focal_alpha, self.focal_gamma = focal_alpha, focal_gamma
@@ -85,7 +86,9 @@ def matched_query_index(indices, device):
 
 
 def build_criterion(cfg):
-    weight_dict = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    """cfg: DetectorConfig -> SetCriterion with its loss weights (with aux_loss, every other decoder layer's loss
+    "<name>_<layer>" with the same weight), focal alpha/gamma and build_matcher(cfg)."""
+    weight_dict = {"loss_ce": cfg.cls_loss_coef, "loss_bbox": cfg.bbox_loss_coef, "loss_giou": cfg.giou_loss_coef}
     if cfg.aux_loss:
         weight_dict.update({f"{k}_{i}": v for i in range(cfg.dec_layers - 1) for k, v in list(weight_dict.items())})
-    return SetCriterion(cfg.num_classes, build_matcher(cfg), weight_dict)
+    return SetCriterion(cfg.num_classes, build_matcher(cfg), weight_dict, cfg.focal_alpha, cfg.focal_gamma)

@@ -10,7 +10,7 @@ LayerNorm; one box head refines the anchors layer by layer (inverse sigmoid + of
 class and box heads shared by the layers; PReLU in the decoder's FFN; pixel position temperature 20.
 Differences: our encoder (DAB-DETR's also rescales the pixel positions by an MLP of the content), our sine pixel
 embedding (pixel centres), our focal loss weights (class 2, not 1), the input projection's GroupNorm as
-SAMDETRConfig says (DAB-DETR: none; `--no_input_proj_groupnorm`), no pattern embeddings, 100 detections kept.
+DetectorConfig says (DAB-DETR: none; `--no_input_proj_groupnorm`), no pattern embeddings, 100 detections kept.
 
 dab_detr_aligner: the same model whose cross-attention *query* comes from samdetr_ops.nn.SemanticAligner: for
 each head m, the content part is the encoder feature at the head's salient point inside the anchor box and the
@@ -28,12 +28,19 @@ from torch import nn
 from samdetr_ops.nn import SemanticAligner
 
 from .backbone import build_backbone
+from .base import (
+    MLP,
+    DetectorBase,
+    build_postprocess,
+    clones,
+    valid_ratios_of,
+    xavier_init,
+)
 from .box_ops import inverse_sigmoid
+from .config import check_aligner_ops, check_no_smca
 from .criterion import build_criterion
-from .detr import DETRBase, check_no_smca, clones, xavier_init
 from .position_encoding import PositionEmbeddingSine, sine_features
-from .sam_detr import build_postprocess
-from .transformer import MLP, TransformerEncoder, TransformerEncoderLayer
+from .transformer import TransformerEncoder, TransformerEncoderLayer
 
 
 def sine_embed_of_boxes(boxes, dim):
@@ -197,15 +204,6 @@ class DABDecoder(nn.Module):
         return torch.stack(hs), torch.stack(references)
 
 
-def valid_ratios_of(mask, dtype):
-    """mask (B, H, W) True on padding -> (B, 2): the valid fraction of the width and of the height (never
-    bfloat16)."""
-    H, W = mask.shape[-2:]
-    ratio_dtype = torch.promote_types(dtype, torch.float32)
-    return torch.stack(((~mask[:, 0, :]).sum(1).to(ratio_dtype) / W, (~mask[:, :, 0]).sum(1).to(ratio_dtype) / H),
-                       dim=-1)
-
-
 class DABTransformer(nn.Module):
     """Our encoder + the DAB-DETR decoder. forward(src, mask, pos, anchor_logits, box_head): src (B, C, H, W),
     mask (B, H, W) True on padding, pos (B, HW, C) -> hs (L, B, N, C), references (L, B, N, 4)."""
@@ -228,14 +226,14 @@ class DABTransformer(nn.Module):
                             box_head)
 
 
-class DABDETR(DETRBase):
-    """forward(images, mask=None): images (B, 3, H, W), mask (B, H, W) bool, True on padding ->
-    {"pred_logits": (B, N, num_classes), "pred_boxes": (B, N, 4) cxcywh in [0, 1] of each image's valid size,
-     "aux_outputs": [{"pred_logits", "pred_boxes"}] of the other decoder layers (aux_loss)}."""
+class DABDETR(DetectorBase):
+    """DAB-DETR's learnt anchor boxes (N, 4), refined layer by layer by the shared box head.
+    forward(images, mask=None) -> the output dictionary of DetectorBase."""
 
     def __init__(self, backbone, position_embedding, transformer, num_classes, num_queries, input_proj_groupnorm=True,
                  aux_loss=True):
-        super().__init__(backbone, position_embedding, transformer, num_classes, input_proj_groupnorm, aux_loss)
+        super().__init__(backbone, position_embedding, transformer, aux_loss)
+        self.add_input_proj_and_heads(num_classes, input_proj_groupnorm)
         self.anchor_embed = nn.Embedding(num_queries, 4)       # anchor boxes before the sigmoid, cxcywh
 
     def forward(self, images, mask=None):
@@ -246,10 +244,9 @@ class DABDETR(DETRBase):
 
 
 def build_dab_detr(cfg, aligner=False):
-    """cfg: SAMDETRConfig (smca must be False; ops is the aligner's) -> (model, criterion, postprocess)."""
+    """cfg: DetectorConfig (smca must be False; ops is the aligner's) -> (model, criterion, postprocess)."""
     check_no_smca(cfg, "dab_detr_aligner" if aligner else "dab_detr")
-    if cfg.ops not in ("fused", "reference"):
-        raise ValueError(f"SAMDETRConfig.ops must be 'fused' or 'reference', got {cfg.ops!r}")
+    check_aligner_ops(cfg)
     transformer = DABTransformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                                  cfg.dropout, aligner, cfg.ops)
     model = DABDETR(build_backbone(cfg), PositionEmbeddingSine(cfg.hidden_dim // 2, temperature=20.0), transformer,

@@ -5,20 +5,23 @@ class and box heads shared by all layers, boxes predicted directly (no reference
 
 One deliberate difference from the original: the classes are scored with sigmoid focal loss (our criterion, as
 Conditional/DAB/SAM-DETR), not softmax with a no-object class, so that every model of the convergence comparison
-trains with the same loss and matcher. Also the base class of the DAB-DETR models (models/dab_detr.py).
+trains with the same loss and matcher. The parts every detector shares are in models/base.py.
 B images, N queries, M heads, C channels, HW = H*W pixels of the feature map; tokens are batch-first."""
-import copy
-import math
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbone import build_backbone
+from .base import DetectorBase, build_postprocess, clones, xavier_init
+from .config import check_no_smca
 from .criterion import build_criterion
 from .position_encoding import build_position_encoding
-from .sam_detr import build_postprocess
-from .transformer import MLP, TransformerEncoder, TransformerEncoderLayer
+from .transformer import TransformerEncoder, TransformerEncoderLayer
+
+__all__ = ["DETR", "DETRBase", "DETRDecoderLayer", "DETRTransformer", "build_detr", "check_no_smca", "clones",
+           "xavier_init"]
 
 
 class DETRDecoderLayer(nn.Module):
@@ -78,60 +81,26 @@ class DETRTransformer(nn.Module):
         return torch.stack(hs)
 
 
-def xavier_init(transformer):
-    """xavier_uniform_ on every weight matrix, as DETR, except the Semantics Aligner's zero-initialised last point
-    layer (its points start at the box centres)."""
-    for name, p in transformer.named_parameters():
-        if p.dim() > 1 and "point_mlp.6." not in name:
-            nn.init.xavier_uniform_(p)
-
-
-class DETRBase(nn.Module):
-    """What DETR and DAB-DETR share: backbone -> input projection (GroupNorm as SAMDETRConfig says) -> position
-    embedding; one class head (bias at the focal-loss prior 0.01) and one box MLP (last layer zero) for every
-    decoder layer; the output dictionary."""
+class DETRBase(DetectorBase):
+    """Deprecated: the base of DETR and DAB-DETR is models.base.DetectorBase (shared with SAM-DETR); this keeps
+    the old constructor, which builds the input projection and the shared heads."""
 
     def __init__(self, backbone, position_embedding, transformer, num_classes, input_proj_groupnorm=True,
                  aux_loss=True):
-        super().__init__()
-        hidden_dim = transformer.d_model
-        self.backbone, self.position_embedding, self.transformer = backbone, position_embedding, transformer
-        self.aux_loss = aux_loss
-        projection = [nn.Conv2d(backbone.num_channels, hidden_dim, 1)]
-        if input_proj_groupnorm:
-            projection.append(nn.GroupNorm(32, hidden_dim))
-        self.input_proj = nn.Sequential(*projection)
-        self.class_embed = nn.Linear(hidden_dim, num_classes)
-        nn.init.constant_(self.class_embed.bias, -math.log((1 - 0.01) / 0.01))
-        self.bbox_embed = MLP(hidden_dim, hidden_dim, 4, 3)
-        nn.init.zeros_(self.bbox_embed.layers[-1].weight)
-        nn.init.zeros_(self.bbox_embed.layers[-1].bias)
-
-    def encoder_inputs(self, images, mask):
-        """images (B, 3, H, W), mask (B, H, W) or None -> src (B, C, h, w), mask (B, h, w), pos (B, hw, C)."""
-        if mask is None:
-            mask = images.new_zeros(images.shape[0], *images.shape[2:], dtype=torch.bool)
-        features, mask = self.backbone(images, mask)                    # (B, 2048, h, w), (B, h, w)
-        src = self.input_proj(features)                                  # (B, C, h, w)
-        return src, mask, self.position_embedding(mask).to(src.dtype)
-
-    def detection_outputs(self, hs, boxes):
-        """hs (L, B, N, C), boxes (L, B, N, 4) -> the output dictionary documented on DETR.forward."""
-        logits = self.class_embed(hs)                                    # (L, B, N, K)
-        out = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
-        if self.aux_loss:
-            out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        return out
+        warnings.warn("models.detr.DETRBase is deprecated; subclass models.base.DetectorBase",
+                      DeprecationWarning, stacklevel=2)
+        super().__init__(backbone, position_embedding, transformer, aux_loss)
+        self.add_input_proj_and_heads(num_classes, input_proj_groupnorm)
 
 
-class DETR(DETRBase):
-    """forward(images, mask=None): images (B, 3, H, W), mask (B, H, W) bool, True on padding ->
-    {"pred_logits": (B, N, num_classes), "pred_boxes": (B, N, 4) cxcywh in [0, 1] of each image's valid size,
-     "aux_outputs": [{"pred_logits", "pred_boxes"}] of the other decoder layers (aux_loss)}."""
+class DETR(DetectorBase):
+    """DETR's learnt query embeddings (N, C) as the decoder's query positions; boxes predicted directly.
+    forward(images, mask=None) -> the output dictionary of DetectorBase."""
 
     def __init__(self, backbone, position_embedding, transformer, num_classes, num_queries, input_proj_groupnorm=True,
                  aux_loss=True):
-        super().__init__(backbone, position_embedding, transformer, num_classes, input_proj_groupnorm, aux_loss)
+        super().__init__(backbone, position_embedding, transformer, aux_loss)
+        self.add_input_proj_and_heads(num_classes, input_proj_groupnorm)
         self.query_embed = nn.Embedding(num_queries, transformer.d_model)   # learnt query positions
 
     def forward(self, images, mask=None):
@@ -140,13 +109,8 @@ class DETR(DETRBase):
         return self.detection_outputs(hs, self.bbox_embed(hs).sigmoid())
 
 
-def check_no_smca(cfg, name):
-    if cfg.smca:
-        raise ValueError(f"{name}: smca (SMCA's Gaussian prior) is a SAM-DETR option; build sam_detr for it")
-
-
 def build_detr(cfg):
-    """cfg: SAMDETRConfig (smca must be False; ops is unused) -> (model, criterion, postprocess)."""
+    """cfg: DetectorConfig (smca must be False; ops is unused) -> (model, criterion, postprocess)."""
     check_no_smca(cfg, "detr")
     transformer = DETRTransformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                                   cfg.dropout)
@@ -154,6 +118,3 @@ def build_detr(cfg):
                  cfg.input_proj_groupnorm, cfg.aux_loss)
     return model, build_criterion(cfg), build_postprocess(cfg)
 
-
-def clones(module, n):
-    return nn.ModuleList(copy.deepcopy(module) for _ in range(n))

@@ -4,6 +4,9 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from .config import DetectorConfig
+
+OFFICIAL = DetectorConfig()
 
 
 class HungarianMatcher(nn.Module):
@@ -11,9 +14,10 @@ class HungarianMatcher(nn.Module):
 
     forward(outputs, targets): outputs {"pred_logits": (B, Q, K), "pred_boxes": (B, Q, 4) cxcywh}, targets a list
     of B dicts {"labels": (T_b,), "boxes": (T_b, 4) cxcywh} -> a list of B (query_index, target_index) int64
-    pairs of length min(Q, T_b)."""
+    pairs of length min(Q, T_b). The defaults are DetectorConfig's (the official ones)."""
 
-    def __init__(self, cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, alpha=0.25, gamma=2.0):
+    def __init__(self, cost_class=OFFICIAL.set_cost_class, cost_bbox=OFFICIAL.set_cost_bbox,
+                 cost_giou=OFFICIAL.set_cost_giou, alpha=OFFICIAL.focal_alpha, gamma=OFFICIAL.focal_gamma):
         super().__init__()
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
         self.alpha, self.gamma = alpha, gamma
@@ -43,4 +47,7 @@ class HungarianMatcher(nn.Module):
 
 
 def build_matcher(cfg=None):
-    return HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0)
+    """cfg: DetectorConfig (None: the official defaults) -> its set_cost_* weights and focal alpha/gamma."""
+    cfg = cfg or OFFICIAL
+    return HungarianMatcher(cfg.set_cost_class, cfg.set_cost_bbox, cfg.set_cost_giou, cfg.focal_alpha,
+                            cfg.focal_gamma)

@@ -17,8 +17,9 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
 from .builders import build_model, checkpoint_model_kind
+from .checkpoint import is_ours, load_checkpoint
+from .config import ALIGNER_OPS, config_from_dict
 from .datasets import InputError, collate_fn, make_transforms
-from .train import CHECKPOINT_FORMAT, config_from_dict, load_checkpoint
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990")
@@ -27,7 +28,7 @@ PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 def load_detector(checkpoint_path, device, ops="fused"):
     """(model in eval mode, postprocess, {category id: name}, image_scale) from a checkpoint of models.train."""
     checkpoint = load_checkpoint(checkpoint_path)
-    if checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not is_ours(checkpoint):
         raise InputError(f"checkpoint {checkpoint_path} was not saved by models.train: it has no model "
                          "configuration or class names (evaluate official checkpoints with models.train --eval)")
     cfg = config_from_dict(checkpoint["config"], backbone_weights=None, ops=ops)
@@ -66,7 +67,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output directory for the drawn PNGs")
     parser.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ops", default="fused", choices=("fused", "reference"))
+    parser.add_argument("--ops", default="fused", choices=ALIGNER_OPS)
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     try:

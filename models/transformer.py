@@ -1,30 +1,15 @@
 """SAM-DETR's transformer: a DETR encoder and a decoder whose cross-attention queries come from the Semantics
 Aligner. Tokens are batch-first: the memory stays (B, HW, C) and the aligner reads it as a channels-last
 (B, C, H, W) view. B images, N queries, M heads (= salient points per query), C channels, HW = H*W pixels."""
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from samdetr_ops.nn import SemanticAligner
 
+from .base import MLP, clones, valid_ratios_of, xavier_init
 from .box_ops import inverse_sigmoid
 from .position_encoding import sine_embed_of_points
-
-
-class MLP(nn.Module):
-    """Linear layers with ReLU between them (a feed-forward network)."""
-
-    def __init__(self, input_dim, hidden_dim, output_dim, num_layers):
-        super().__init__()
-        dims = [input_dim] + [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x):
-        for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
-        return x
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -55,7 +40,7 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, encoder_layer, num_layers):
         super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(encoder_layer) for _ in range(num_layers))
+        self.layers = clones(encoder_layer, num_layers)
 
     def forward(self, src, pos, key_padding_mask):
         for layer in self.layers:
@@ -165,7 +150,7 @@ class TransformerDecoder(nn.Module):
 
     def __init__(self, decoder_layer, num_layers):
         super().__init__()
-        self.layers = nn.ModuleList(copy.deepcopy(decoder_layer) for _ in range(num_layers))
+        self.layers = clones(decoder_layer, num_layers)
 
     def forward(self, memory, pos, key_padding_mask, spatial_shape, valid_ratios, box_logits, box_heads):
         B, _, C = memory.shape
@@ -195,16 +180,11 @@ class Transformer(nn.Module):
                                           enc_layers)
         self.decoder = TransformerDecoder(
             TransformerDecoderLayer(d_model, nheads, dim_feedforward, dropout, smca, ops), dec_layers)
-        for name, p in self.named_parameters():
-            # xavier as DETR, except the aligner's zero-initialised last point layer
-            if p.dim() > 1 and "point_mlp.6." not in name:
-                nn.init.xavier_uniform_(p)
+        xavier_init(self)
 
     def forward(self, src, mask, pos, box_logits, box_heads):
-        B, C, H, W = src.shape
-        ratio_dtype = torch.promote_types(src.dtype, torch.float32)                       # never bfloat16
-        valid_ratios = torch.stack(((~mask[:, 0, :]).sum(1).to(ratio_dtype) / W,
-                                    (~mask[:, :, 0]).sum(1).to(ratio_dtype) / H), dim=-1)  # (B, 2) w, h
+        H, W = src.shape[-2:]
+        valid_ratios = valid_ratios_of(mask, src.dtype)                                    # (B, 2) w, h
         key_padding_mask = mask.flatten(1)                                                 # (B, HW)
         memory = self.encoder(src.flatten(2).transpose(1, 2), pos, key_padding_mask)       # (B, HW, C)
         return self.decoder(memory, pos, key_padding_mask, (H, W), valid_ratios, box_logits, box_heads)

@@ -1,6 +1,7 @@
 """DETR and DAB-DETR (with and without the Semantics Aligner) in models/: shape contracts, every parameter
 trained, the padding mask, fused ops = reference ops, the loss falls when overfitting, and `--model` through
 training, evaluation and resuming. Small configurations (the ResNet-50 dominates the time on CPU)."""
+import json
 import warnings
 
 import pytest
@@ -22,7 +23,7 @@ KINDS = ["detr", "dab_detr", "dab_detr_aligner"]
 def build(kind, **overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-backbone warning
-        return build_model(kind, models.SAMDETRConfig(**{**SMALL, **overrides}))
+        return build_model(kind, models.DetectorConfig(**{**SMALL, **overrides}))
 
 
 TARGETS = [{"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.25, 0.3, 0.2, 0.2]])},
@@ -32,6 +33,37 @@ TARGETS = [{"labels": torch.tensor([1, 4]), "boxes": torch.tensor([[0.5, 0.5, 0.
 def total_loss(criterion, out, targets=TARGETS):
     losses = criterion(out, targets)
     return sum(criterion.weight_dict[k] * losses[k] for k in criterion.weight_dict)
+
+
+# Each family's top-level modules in the order they register their parameters. A checkpoint's optimizer state is
+# a list in this order, and the creation order decides a seed's initial weights: both must survive refactoring.
+MODULE_ORDER = {
+    "sam_detr": ["backbone", "position_embedding", "transformer", "query_embed", "input_proj", "class_embed",
+                 "bbox_embed"],
+    "detr": ["backbone", "position_embedding", "transformer", "input_proj", "class_embed", "bbox_embed",
+             "query_embed"],
+    "dab_detr": ["backbone", "position_embedding", "transformer", "input_proj", "class_embed", "bbox_embed",
+                 "anchor_embed"],
+}
+
+
+@pytest.mark.parametrize("kind", ["sam_detr", *KINDS])
+def test_module_order_is_the_checkpoints(kind):
+    model = build(kind)[0]
+    assert [name for name, _ in model.named_children()] == MODULE_ORDER[kind.replace("_aligner", "")]
+    per_layer_heads = kind == "sam_detr"   # SAM-DETR: one class and box head per decoder layer, DETR/DAB: shared
+    assert isinstance(model.class_embed, torch.nn.ModuleList) == per_layer_heads
+    assert isinstance(model.bbox_embed, torch.nn.ModuleList) == per_layer_heads
+
+
+def test_detr_base_is_a_deprecated_alias():
+    from models.base import DetectorBase
+    from models.detr import DETRBase
+    model = build("detr")[0]
+    with pytest.warns(DeprecationWarning, match="DetectorBase"):
+        base = DETRBase(model.backbone, model.position_embedding, model.transformer, SMALL["num_classes"])
+    assert isinstance(base, DetectorBase)
+    assert [name for name, _ in base.named_children()] == MODULE_ORDER["detr"][:-1]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -176,7 +208,9 @@ def test_checkpoints_record_the_model_kind(coco_dir, tmp_path):
     assert checkpoint["args"]["model"] == "dab_detr_aligner"
     assert any(".aligner." in name for name in checkpoint["model"])
     args = get_args_parser().parse_args(common + ["--eval", "--resume", str(out / "checkpoint.pth")])
-    assert "AP" in main(args) and args.model == "dab_detr_aligner"
+    logged, = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    # the trained model itself (a kind other than the checkpoint's would not load it), and args left as parsed
+    assert main(args)["AP"] == logged["test_AP"] and args.model is None
     with pytest.raises(InputError, match="holds a dab_detr_aligner model, --model asks for detr"):
         main(get_args_parser().parse_args(common + ["--eval", "--resume", str(out / "checkpoint.pth"),
                                                     "--model", "detr"]))

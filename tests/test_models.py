@@ -1,6 +1,7 @@
 """The SAM-DETR detector in models/: shape contracts of every variant, the padding mask, frozen parameters,
 fused ops = reference ops, postprocess, torch.compile and autocast. Small configurations throughout (the
 ResNet-50 dominates the time on CPU)."""
+import dataclasses
 import warnings
 
 import pytest
@@ -17,7 +18,16 @@ SMALL = dict(num_classes=5, hidden_dim=64, nheads=4, num_queries=6, enc_layers=1
 def build(**overrides):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-backbone warning
-        return models.build(models.SAMDETRConfig(**{**SMALL, **overrides}))
+        return models.build(models.DetectorConfig(**{**SMALL, **overrides}))
+
+
+def test_samdetr_config_is_a_deprecated_alias():
+    from models.sam_detr import SAMDETRConfig
+    assert SAMDETRConfig is models.SAMDETRConfig
+    with pytest.warns(DeprecationWarning, match="DetectorConfig"):
+        cfg = models.SAMDETRConfig(num_classes=5, smca=True)
+    assert isinstance(cfg, models.DetectorConfig)
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(models.DetectorConfig(num_classes=5, smca=True))
 
 
 def images_and_mask(g, B=2, H=64, W=96, dtype=torch.float32):

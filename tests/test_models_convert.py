@@ -31,7 +31,7 @@ def official_shapes(dilation, smca, groupnorm):
 def build_meta(**kw):
     with warnings.catch_warnings(), torch.device("meta"):
         warnings.simplefilter("ignore")  # the random-backbone warning
-        return models.build(models.SAMDETRConfig(**kw))[0]
+        return models.build(models.DetectorConfig(**kw))[0]
 
 
 VARIANTS = [(False, False, True), (False, True, True), (True, False, False), (True, True, False)]
@@ -39,7 +39,7 @@ VARIANTS = [(False, False, True), (False, True, True), (True, False, False), (Tr
 
 @pytest.mark.parametrize("dilation,smca,groupnorm", VARIANTS, ids=["R50", "R50-SMCA", "DC5-noGN", "DC5-SMCA-noGN"])
 def test_official_keys_map_onto_ours(dilation, smca, groupnorm):
-    cfg = models.SAMDETRConfig(dilation=dilation, smca=smca, input_proj_groupnorm=groupnorm)
+    cfg = models.DetectorConfig(dilation=dilation, smca=smca, input_proj_groupnorm=groupnorm)
     model = build_meta(dilation=dilation, smca=smca, input_proj_groupnorm=groupnorm)
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     official = official_shapes(dilation, smca, groupnorm)
@@ -68,9 +68,9 @@ def test_variant_mismatch_and_unshared_heads_raise():
     official = official_shapes(False, True, True)
     state = {k: torch.zeros(shape) for k, shape in official.items()}
     with pytest.raises(ValueError, match="smca=True"):
-        convert_official_state_dict(state, models.SAMDETRConfig(smca=False))
+        convert_official_state_dict(state, models.DetectorConfig(smca=False))
     with pytest.raises(ValueError, match="input_proj_groupnorm=True"):
-        convert_official_state_dict(state, models.SAMDETRConfig(smca=True, input_proj_groupnorm=False))
+        convert_official_state_dict(state, models.DetectorConfig(smca=True, input_proj_groupnorm=False))
     state["transformer.decoder.bbox_embed.0.layers.0.bias"] = torch.ones(256)
     with pytest.raises(ValueError, match="shares them"):
-        convert_official_state_dict(state, models.SAMDETRConfig(smca=True))
+        convert_official_state_dict(state, models.DetectorConfig(smca=True))

@@ -286,7 +286,7 @@ def sam_detr_export(request):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-backbone warning
-        model = build_model(request.param, models.SAMDETRConfig(**SMALL_SAM_DETR))[0].eval()
+        model = build_model(request.param, models.DetectorConfig(**SMALL_SAM_DETR))[0].eval()
     batch = torch.export.Dim("batch", max=64)
     # at least 64 pixels: the ResNet's stride-32 map must have 2 pixels a side (else export specialises on 1)
     height, width = torch.export.Dim("height", min=64, max=4096), torch.export.Dim("width", min=64, max=4096)

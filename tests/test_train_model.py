@@ -4,6 +4,8 @@ Run as a script by torchrun, this file is also the worker of the DDP test (see `
 """
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -13,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from models import SAMDETRConfig, build, synthetic
+from models import DetectorConfig, build, synthetic
+from models.checkpoint import CHECKPOINT_FORMAT
 from models.convert import to_official_state_dict
 from models.datasets import build_dataset, collate_fn
 from models.engine import evaluate, train_one_epoch
@@ -28,8 +31,8 @@ IMAGE_SCALE = 0.08  # DETR's 480..800 -> 38..64 px (eval: 64)
 
 
 def tiny_config(**overrides):
-    return SAMDETRConfig(**{"num_classes": 10, "hidden_dim": 32, "nheads": 4, "dim_feedforward": 64,
-                            "enc_layers": 1, "dec_layers": 2, "num_queries": 10, **overrides})
+    return DetectorConfig(**{"num_classes": 10, "hidden_dim": 32, "nheads": 4, "dim_feedforward": 64,
+                             "enc_layers": 1, "dec_layers": 2, "num_queries": 10, **overrides})
 
 
 def cli_argv(coco_dir, output_dir, *extra):
@@ -71,6 +74,26 @@ def fixed_batches(coco_dir, num_images, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------- training
+def test_command_line_defaults_are_the_configs():
+    """Every DetectorConfig field but num_classes (the dataset's) is an argument with the config's default."""
+    args = get_args_parser().parse_args([])
+    for field in dataclasses.fields(DetectorConfig):
+        if field.name != "num_classes":
+            assert getattr(args, field.name) == field.default, field.name
+
+
+def test_loss_and_matcher_weights_come_from_the_config():
+    weights = dict(cls_loss_coef=1.5, bbox_loss_coef=4.0, giou_loss_coef=3.0, set_cost_class=1.0, set_cost_bbox=6.0,
+                   set_cost_giou=2.5, focal_alpha=0.3, focal_gamma=1.5)
+    _, criterion, _ = build(tiny_config(**weights))
+    assert criterion.weight_dict == {f"{name}{suffix}": value for suffix in ("", "_0")
+                                     for name, value in (("loss_ce", 1.5), ("loss_bbox", 4.0), ("loss_giou", 3.0))}
+    assert (criterion.focal_alpha, criterion.focal_gamma) == (0.3, 1.5)
+    matcher = criterion.matcher
+    assert (matcher.cost_class, matcher.cost_bbox, matcher.cost_giou, matcher.alpha, matcher.gamma) == (
+        1.0, 6.0, 2.5, 0.3, 1.5)
+
+
 def test_loss_falls_when_overfitting(coco_dir):
     torch.manual_seed(0)
     model, criterion, _ = build(tiny_config(dropout=0.0))
@@ -88,6 +111,11 @@ def test_checkpoint_and_log_contents(one_epoch_run):
     assert {"model", "optimizer", "lr_scheduler", "scaler", "epoch", "args", "config", "categories",
             "rng"} <= set(checkpoint)
     assert checkpoint["epoch"] == 0 and checkpoint["categories"][7] == "cross"
+    # the format names the module that reads and writes it
+    assert checkpoint["format"] == CHECKPOINT_FORMAT
+    importlib.import_module(CHECKPOINT_FORMAT.split("/")[0])
+    # the whole configuration, loss and matcher weights included
+    assert checkpoint["config"] == dataclasses.asdict(tiny_config())
     row, = [json.loads(line) for line in (one_epoch_run / "log.jsonl").read_text().splitlines()]
     for key in ("train_loss", "train_lr", "train_epoch_time", "train_images_per_s", "test_AP", "test_AP50",
                 "test_ARl"):
@@ -110,6 +138,39 @@ def test_resume_is_exact(coco_dir, one_epoch_run, tmp_path):
         assert torch.equal(state["exp_avg_sq"], b["optimizer"]["state"][index]["exp_avg_sq"])
     rows = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (straight, resumed)]
     assert [r["train_loss"] for r in rows[0]] == [r["train_loss"] for r in rows[1]]
+
+
+# SAMDETRConfig's fields, all that format "samdetr_ops.models.train/1" recorded as its "config"
+FORMAT_1_CONFIG = ("num_classes", "hidden_dim", "nheads", "num_queries", "enc_layers", "dec_layers", "dim_feedforward",
+                   "dropout", "dilation", "smca", "input_proj_groupnorm", "aux_loss", "backbone_weights", "ops",
+                   "backbone", "backbone_norm")
+
+
+def test_a_format_1_checkpoint_resumes_and_predicts(coco_dir, one_epoch_run, tmp_path):
+    """A checkpoint as models.train wrote it before models/checkpoint.py (format "samdetr_ops.models.train/1",
+    its config without the loss and matcher weights, its arguments without --focal_gamma) resumes exactly as
+    today's does, and models.predict loads it."""
+    from models.predict import load_detector
+    today = torch.load(one_epoch_run / "checkpoint.pth", weights_only=True)
+    before = dict(today, format="samdetr_ops.models.train/1",
+                  config={k: v for k, v in today["config"].items() if k in FORMAT_1_CONFIG},
+                  args={k: v for k, v in today["args"].items() if k != "focal_gamma"})
+    for name, checkpoint in (("before", before), ("today", today)):
+        (tmp_path / name).mkdir()
+        torch.save(checkpoint, tmp_path / name / "checkpoint.pth")
+        main(run_args(coco_dir, tmp_path / name, "--epochs", "2", "--resume", tmp_path / name / "checkpoint.pth"))
+    a, b = (torch.load(tmp_path / name / "checkpoint.pth", weights_only=True) for name in ("before", "today"))
+    assert a["epoch"] == b["epoch"] == 1 and a["format"] == CHECKPOINT_FORMAT
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    rows = [[json.loads(line) for line in (tmp_path / d / "log.jsonl").read_text().splitlines()]
+            for d in ("before", "today")]
+    for key in ("epoch", "train_loss", "test_AP", "test_AR100"):
+        assert [r[key] for r in rows[0]] == [r[key] for r in rows[1]], key
+    assert [r["epoch"] for r in rows[0]] == [1]
+    torch.save(before, tmp_path / "before.pth")
+    model, _, _, _ = load_detector(str(tmp_path / "before.pth"), torch.device("cpu"))
+    assert all(torch.equal(v, before["model"][k]) for k, v in model.state_dict().items())
 
 
 def _ddp_worker(out_dir, coco_dir):
