@@ -220,15 +220,15 @@ def build_runner(op, impl, shape, device, dtype, mode, input_sets, compiled_cach
 def build_block_runner(impl, shape, device, dtype, mode, input_sets, compiled_cache):
     """SAM-DETR's semantics aligner block (roi_align -> point ConvNet/MLP -> salient-point sampling ->
     reweighting -> position embedding): nn.SemanticAligner on the fused ops (a backend), or in its official order
-    on the reference ops (ops="reference"), eager or compiled."""
+    on the reference ops (implementation="reference"), eager or compiled."""
     backend = "reference" if impl is cases.REFERENCE else (None if impl == "compile" else impl.backend)
     key = ("block", shape.C, shape.M, device, dtype)
     if key not in compiled_cache:
-        # The reference (eager and compiled) is the official sequence, ops="reference"; the fused block has the
-        # same weights and runs on the backend under test.
+        # The reference (eager and compiled) is the official sequence, implementation="reference"; the fused block
+        # has the same weights and runs on the backend under test.
         torch.manual_seed(0)
         fused = SemanticAligner(shape.C, shape.M).to(device=device, dtype=dtype)
-        official = SemanticAligner(shape.C, shape.M, ops="reference").to(device=device, dtype=dtype)
+        official = SemanticAligner(shape.C, shape.M, implementation="reference").to(device=device, dtype=dtype)
         official.load_state_dict(fused.state_dict())
         compiled_cache[key] = {"fused": fused, "official": official}
     block = compiled_cache[key]["official" if backend in ("reference", None) else "fused"]

@@ -47,7 +47,7 @@ def build_pair(device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random backbone: timing does not depend on the weights
         torch.manual_seed(0)
-        built = {impl: models.build(models.DetectorConfig(ops=impl)) for impl in IMPLS}
+        built = {impl: models.build(models.DetectorConfig(aligner_implementation=impl)) for impl in IMPLS}
     built["fused"][0].load_state_dict(built["reference"][0].state_dict())
     return {impl: (model.to(device), criterion) for impl, (model, criterion, _) in built.items()}
 

@@ -1,12 +1,16 @@
-"""The configuration of every detector of models/ (SAM-DETR, DETR, DAB-DETR): architecture, backbone, aligner ops,
+"""The configuration of every detector of models/ (SAM-DETR, DETR, DAB-DETR): architecture, backbone, aligner
+implementation,
 and the loss and matcher weights. Its defaults are the official SAM-DETR ones; `models.train`'s command-line
 defaults are read from them, and checkpoints record all of it."""
 import dataclasses
 import warnings
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
+from typing import Optional
 
-# SemanticAligner's ops: "fused" runs it on the samdetr_ops kernels, "reference" on the unfused official sequence.
-ALIGNER_OPS = ("fused", "reference")
+# SemanticAligner's implementations: "fused" runs it on the samdetr_ops kernels, "reference" on the unfused official
+# sequence (samdetr_ops.nn.IMPLEMENTATIONS).
+ALIGNER_IMPLEMENTATIONS = ("fused", "reference")
+ALIGNER_OPS = ALIGNER_IMPLEMENTATIONS  # its name before the field was renamed
 
 
 @dataclass
@@ -17,7 +21,8 @@ class DetectorConfig:
     input_proj_groupnorm follows the official code's schedules under 25 epochs (both checkpoint forms load);
     backbone_weights: path of a local torchvision state dict of the chosen ResNet (else random init); backbone:
     resnet50 (official), resnet34 or resnet18; backbone_norm: "frozen" (official FrozenBatchNorm2d) or "batch"
-    (trainable BatchNorm, for training a small backbone from scratch); ops: one of ALIGNER_OPS.
+    (trainable BatchNorm, for training a small backbone from scratch); aligner_implementation: one of
+    ALIGNER_IMPLEMENTATIONS (`ops` before; SAMDETRConfig still takes it).
 
     Loss (models.criterion): total = cls_loss_coef * focal + bbox_loss_coef * L1 + giou_loss_coef * (1 - GIoU),
     on the last decoder layer and, with aux_loss, on every other one with the same weights. Matching
@@ -36,7 +41,7 @@ class DetectorConfig:
     input_proj_groupnorm: bool = True
     aux_loss: bool = True
     backbone_weights: str = None
-    ops: str = "fused"
+    aligner_implementation: str = "fused"
     backbone: str = "resnet50"
     backbone_norm: str = "frozen"
     cls_loss_coef: float = 2.0
@@ -56,12 +61,19 @@ ARCHITECTURE_FIELDS = ("num_classes", "hidden_dim", "nheads", "num_queries", "en
 
 @dataclass
 class SAMDETRConfig(DetectorConfig):
-    """Deprecated name of DetectorConfig (the same fields), from before DETR and DAB-DETR shared it."""
+    """Deprecated name of DetectorConfig (the same fields), from before DETR and DAB-DETR shared it; it still takes
+    `ops=`, aligner_implementation's former name, and reads it back as `.ops`."""
+    ops: InitVar[Optional[str]] = None  # an argument, not a field: checkpoints record aligner_implementation
 
-    def __post_init__(self):
+    def __post_init__(self, ops):
+        if ops is not None:
+            self.aligner_implementation = ops
         # stacklevel 3: the line that built the config (this is called by the dataclass's __init__)
         warnings.warn("models.SAMDETRConfig is deprecated: it is models.DetectorConfig (the same fields), which "
                       "configures every detector", DeprecationWarning, stacklevel=3)
+
+
+SAMDETRConfig.ops = property(lambda self: self.aligner_implementation)  # after the dataclass took the InitVar
 
 
 def config_to_dict(cfg):
@@ -74,14 +86,18 @@ def config_from_dict(saved, **overrides):
     ones: the backbone's, the loss and matcher weights) take the defaults; entries that are not fields are
     ignored."""
     values = saved | overrides
+    if "ops" in values and "aligner_implementation" not in values:  # checkpoints written before the rename
+        values["aligner_implementation"] = values["ops"]
     field_names = {field.name for field in dataclasses.fields(DetectorConfig)}
     return DetectorConfig(**{k: v for k, v in values.items() if k in field_names})
 
 
-def check_aligner_ops(cfg):
-    """Raises ValueError unless cfg.ops is one of ALIGNER_OPS (checked before anything is built)."""
-    if cfg.ops not in ALIGNER_OPS:
-        raise ValueError(f"{type(cfg).__name__}.ops must be 'fused' or 'reference', got {cfg.ops!r}")
+def check_aligner_implementation(cfg):
+    """Raises ValueError unless cfg.aligner_implementation is one of ALIGNER_IMPLEMENTATIONS (checked before
+    anything is built)."""
+    if cfg.aligner_implementation not in ALIGNER_IMPLEMENTATIONS:
+        raise ValueError(f"{type(cfg).__name__}.aligner_implementation must be 'fused' or 'reference', got "
+                         f"{cfg.aligner_implementation!r}")
 
 
 def check_no_smca(cfg, kind):

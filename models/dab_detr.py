@@ -37,7 +37,7 @@ from .base import (
     xavier_init,
 )
 from .box_ops import inverse_sigmoid
-from .config import check_aligner_ops, check_no_smca
+from .config import check_aligner_implementation, check_no_smca
 from .criterion import build_criterion
 from .position_encoding import PositionEmbeddingSine, sine_features
 from .transformer import TransformerEncoder, TransformerEncoderLayer
@@ -76,11 +76,13 @@ def multihead_attention(q, k, v, key_padding_mask, dropout_p):
 
 class DABDecoderLayer(nn.Module):
     """DAB-DETR decoder layer (Conditional-DETR-style concatenated cross-attention), post-norm. aligner=True
-    replaces the cross-attention query construction by the Semantics Aligner (one query per head); ops as
-    SemanticAligner's. first_layer=True adds the projected query position to the cross-attention's query
-    content and the pixel position to its key content (DAB-DETR's keep_query_pos=False: first layer only)."""
+    replaces the cross-attention query construction by the Semantics Aligner (one query per head);
+    aligner_implementation is SemanticAligner's implementation. first_layer=True adds the projected query position
+    to the cross-attention's query content and the pixel position to its key content (DAB-DETR's
+    keep_query_pos=False: first layer only)."""
 
-    def __init__(self, d_model, nheads, dim_feedforward, dropout, aligner=False, ops="fused", first_layer=False):
+    def __init__(self, d_model, nheads, dim_feedforward, dropout, aligner=False, aligner_implementation="fused",
+                 first_layer=False):
         super().__init__()
         self.nheads, self.dropout = nheads, dropout
         # self-attention
@@ -93,7 +95,7 @@ class DABDecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         # cross-attention
-        self.aligner = SemanticAligner(d_model, nheads, ops=ops) if aligner else None
+        self.aligner = SemanticAligner(d_model, nheads, implementation=aligner_implementation) if aligner else None
         self.ca_qcontent_proj = nn.Linear(d_model, d_model)
         self.ca_qpos_proj = nn.Linear(d_model, d_model) if first_layer else None
         self.ca_qpos_sine_proj = nn.Linear(d_model, d_model)
@@ -209,12 +211,13 @@ class DABTransformer(nn.Module):
     mask (B, H, W) True on padding, pos (B, HW, C) -> hs (L, B, N, C), references (L, B, N, 4)."""
 
     def __init__(self, d_model=256, nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=2048, dropout=0.0,
-                 aligner=False, ops="fused"):
+                 aligner=False, aligner_implementation="fused"):
         super().__init__()
         self.d_model = d_model
         self.encoder = TransformerEncoder(TransformerEncoderLayer(d_model, nheads, dim_feedforward, dropout),
                                           enc_layers)
-        layer = DABDecoderLayer(d_model, nheads, dim_feedforward, dropout, aligner, ops, first_layer=True)
+        layer = DABDecoderLayer(d_model, nheads, dim_feedforward, dropout, aligner, aligner_implementation,
+                                first_layer=True)
         self.decoder = DABDecoder(layer, dec_layers, d_model, aligner)
         xavier_init(self)
 
@@ -244,11 +247,12 @@ class DABDETR(DetectorBase):
 
 
 def build_dab_detr(cfg, aligner=False):
-    """cfg: DetectorConfig (smca must be False; ops is the aligner's) -> (model, criterion, postprocess)."""
+    """cfg: DetectorConfig (smca must be False; aligner_implementation is the aligner's) -> (model, criterion,
+    postprocess)."""
     check_no_smca(cfg, "dab_detr_aligner" if aligner else "dab_detr")
-    check_aligner_ops(cfg)
+    check_aligner_implementation(cfg)
     transformer = DABTransformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
-                                 cfg.dropout, aligner, cfg.ops)
+                                 cfg.dropout, aligner, cfg.aligner_implementation)
     model = DABDETR(build_backbone(cfg), PositionEmbeddingSine(cfg.hidden_dim // 2, temperature=20.0), transformer,
                     cfg.num_classes, cfg.num_queries, cfg.input_proj_groupnorm, cfg.aux_loss)
     return model, build_criterion(cfg), build_postprocess(cfg)

@@ -18,20 +18,21 @@ from torchvision.utils import draw_bounding_boxes
 
 from .builders import build_model, checkpoint_model_kind
 from .checkpoint import is_ours, load_checkpoint
-from .config import ALIGNER_OPS, config_from_dict
+from .config import ALIGNER_IMPLEMENTATIONS, config_from_dict
 from .datasets import InputError, collate_fn, make_transforms
 
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990")
 
 
-def load_detector(checkpoint_path, device, ops="fused"):
+def load_detector(checkpoint_path, device, aligner_implementation="fused"):
     """(model in eval mode, postprocess, {category id: name}, image_scale) from a checkpoint of models.train."""
     checkpoint = load_checkpoint(checkpoint_path)
     if not is_ours(checkpoint):
         raise InputError(f"checkpoint {checkpoint_path} was not saved by models.train: it has no model "
                          "configuration or class names (evaluate official checkpoints with models.train --eval)")
-    cfg = config_from_dict(checkpoint["config"], backbone_weights=None, ops=ops)
+    cfg = config_from_dict(checkpoint["config"], backbone_weights=None,
+                           aligner_implementation=aligner_implementation)
     model, _, postprocess = build_model(checkpoint_model_kind(checkpoint), cfg)  # sam_detr, dab_detr, ...
     model.load_state_dict(checkpoint["model"])
     categories = {int(k): v for k, v in checkpoint["categories"].items()}
@@ -67,11 +68,13 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output directory for the drawn PNGs")
     parser.add_argument("--threshold", type=float, default=0.5, help="lowest score drawn")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ops", default="fused", choices=ALIGNER_OPS)
+    parser.add_argument("--aligner_implementation", "--ops", dest="aligner_implementation", default="fused",
+                        choices=ALIGNER_IMPLEMENTATIONS, help="the aligner's (--ops: its former name)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     try:
-        model, postprocess, categories, image_scale = load_detector(args.checkpoint, device, args.ops)
+        model, postprocess, categories, image_scale = load_detector(args.checkpoint, device,
+                                                                    args.aligner_implementation)
     except (FileNotFoundError, InputError) as error:
         sys.exit(f"error: {error}")
     os.makedirs(args.out, exist_ok=True)

@@ -5,7 +5,7 @@ from torch import nn
 
 from .backbone import build_backbone
 from .base import DetectorBase, PostProcess, build_postprocess
-from .config import SAMDETRConfig, check_aligner_ops
+from .config import SAMDETRConfig, check_aligner_implementation
 from .criterion import build_criterion
 from .position_encoding import build_position_encoding
 from .transformer import build_transformer
@@ -31,7 +31,7 @@ class SAMDETR(DetectorBase):
 
 def build(cfg):
     """cfg: DetectorConfig -> (model, criterion, postprocess)."""
-    check_aligner_ops(cfg)
+    check_aligner_implementation(cfg)
     model = SAMDETR(build_backbone(cfg), build_position_encoding(cfg), build_transformer(cfg), cfg.num_classes,
                     cfg.num_queries, cfg.dec_layers, cfg.input_proj_groupnorm, cfg.aux_loss)
     return model, build_criterion(cfg), build_postprocess(cfg)

@@ -37,7 +37,7 @@ from .checkpoint import (
     set_rng_state,
     training_checkpoint,
 )
-from .config import ALIGNER_OPS, ARCHITECTURE_FIELDS, DetectorConfig, config_from_dict, config_to_dict
+from .config import ALIGNER_IMPLEMENTATIONS, ARCHITECTURE_FIELDS, DetectorConfig, config_from_dict, config_to_dict
 from .datasets import InputError, build_dataset, collate_fn, max_image_size
 from .distributed import init_distributed, shutdown_distributed
 from .engine import COCO_STAT_NAMES, evaluate, train_one_epoch
@@ -79,8 +79,10 @@ def get_args_parser():
                              "backbone trained from scratch)")
     parser.add_argument("--backbone_weights", default=config.backbone_weights,
                         help="local torchvision state dict of --backbone")
-    parser.add_argument("--ops", default=config.ops, choices=ALIGNER_OPS,
-                        help="aligner ops: samdetr_ops kernels or the unfused official sequence")
+    parser.add_argument("--aligner_implementation", "--ops", dest="aligner_implementation",
+                        default=config.aligner_implementation, choices=ALIGNER_IMPLEMENTATIONS,
+                        help="the aligner on the samdetr_ops kernels or on the unfused official sequence (--ops: "
+                             "its former name)")
     # Matcher costs, loss weights (every decoder layer's loss gets its base weight), focal loss parameters
     for name in ("set_cost_class", "set_cost_bbox", "set_cost_giou", "cls_loss_coef", "bbox_loss_coef",
                  "giou_loss_coef", "focal_alpha", "focal_gamma"):

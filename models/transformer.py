@@ -53,7 +53,7 @@ class TransformerDecoderLayer(nn.Module):
     the Semantics Aligner, cross-attention with one query per head (that head's salient-point feature + its
     projected position embedding; q and k of C channels per head, v of C/M), FFN; post-norm."""
 
-    def __init__(self, d_model, nheads, dim_feedforward, dropout, smca=False, ops="fused"):
+    def __init__(self, d_model, nheads, dim_feedforward, dropout, smca=False, aligner_implementation="fused"):
         super().__init__()
         self.nheads, self.dropout, self.smca = nheads, dropout, smca
         # self-attention
@@ -66,7 +66,7 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         # semantics aligner and cross-attention
-        self.aligner = SemanticAligner(d_model, nheads, smca=smca, ops=ops)
+        self.aligner = SemanticAligner(d_model, nheads, smca=smca, implementation=aligner_implementation)
         self.ca_qcontent_proj = nn.Linear(d_model, d_model)
         self.ca_kcontent_proj = nn.Linear(d_model, d_model)
         self.ca_v_proj = nn.Linear(d_model, d_model)
@@ -173,13 +173,14 @@ class Transformer(nn.Module):
     features, mask (B, H, W) True on padding, pos (B, HW, C) -> hs (L, B, N, C), boxes (L, B, N, 4)."""
 
     def __init__(self, d_model=256, nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=2048, dropout=0.1,
-                 smca=False, ops="fused"):
+                 smca=False, aligner_implementation="fused"):
         super().__init__()
         self.d_model = d_model
         self.encoder = TransformerEncoder(TransformerEncoderLayer(d_model, nheads, dim_feedforward, dropout),
                                           enc_layers)
         self.decoder = TransformerDecoder(
-            TransformerDecoderLayer(d_model, nheads, dim_feedforward, dropout, smca, ops), dec_layers)
+            TransformerDecoderLayer(d_model, nheads, dim_feedforward, dropout, smca, aligner_implementation),
+            dec_layers)
         xavier_init(self)
 
     def forward(self, src, mask, pos, box_logits, box_heads):
@@ -192,4 +193,4 @@ class Transformer(nn.Module):
 
 def build_transformer(cfg):
     return Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
-                       cfg.dropout, cfg.smca, cfg.ops)
+                       cfg.dropout, cfg.smca, cfg.aligner_implementation)

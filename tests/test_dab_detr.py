@@ -146,11 +146,11 @@ def test_transformer_honours_padding(kind):
 
 
 def test_aligner_fused_equals_reference_float64():
-    """dab_detr_aligner with ops="fused" and ops="reference", same weights: same outputs, loss and every
-    parameter's gradient, float64."""
+    """dab_detr_aligner with aligner_implementation="fused" and "reference", same weights: same outputs, loss and
+    every parameter's gradient, float64."""
     torch.manual_seed(0)
-    fused, criterion, _ = build("dab_detr_aligner", ops="fused", dropout=0.0)
-    reference, _, _ = build("dab_detr_aligner", ops="reference", dropout=0.0)
+    fused, criterion, _ = build("dab_detr_aligner", aligner_implementation="fused", dropout=0.0)
+    reference, _, _ = build("dab_detr_aligner", aligner_implementation="reference", dropout=0.0)
     g = generator("dab-fused-vs-reference")
     with torch.no_grad():   # random values in the zero-initialised layers, so that the points and boxes move
         for name, p in fused.named_parameters():

@@ -30,6 +30,24 @@ def test_samdetr_config_is_a_deprecated_alias():
     assert dataclasses.asdict(cfg) == dataclasses.asdict(models.DetectorConfig(num_classes=5, smca=True))
 
 
+def test_the_former_name_ops_of_aligner_implementation_still_works():
+    """SAMDETRConfig(ops=...), its .ops, a checkpoint config with "ops" and the --ops flag of train and predict all
+    reach aligner_implementation; DetectorConfig itself has no `ops` (checkpoints record the new name)."""
+    from models.config import config_from_dict
+    from models.predict import main as predict_main  # noqa: F401  (its parser is built inside main)
+    from models.train import get_args_parser
+    with pytest.warns(DeprecationWarning):
+        cfg = models.SAMDETRConfig(ops="reference")
+    assert cfg.aligner_implementation == "reference" and cfg.ops == "reference"
+    assert "ops" not in dataclasses.asdict(cfg)
+    assert config_from_dict({"ops": "reference"}).aligner_implementation == "reference"
+    assert config_from_dict({"ops": "reference", "aligner_implementation": "fused"}).aligner_implementation == "fused"
+    for flag in ("--ops", "--aligner_implementation"):
+        assert get_args_parser().parse_args([flag, "reference"]).aligner_implementation == "reference"
+    with pytest.raises(TypeError):
+        models.DetectorConfig(ops="reference")
+
+
 def images_and_mask(g, B=2, H=64, W=96, dtype=torch.float32):
     images = torch.randn(B, 3, H, W, generator=g, dtype=torch.float64).to(dtype)
     mask = torch.zeros(B, H, W, dtype=torch.bool)
@@ -168,12 +186,12 @@ def test_transformer_honours_padding(smca):
 
 
 def test_fused_equals_reference_float64():
-    """ops="fused" and ops="reference" with the same weights: same outputs, losses and every parameter's
-    gradient, float64 (DC5 and SMCA, so every aligner path runs)."""
+    """aligner_implementation="fused" and "reference" with the same weights: same outputs, losses and every
+    parameter's gradient, float64 (DC5 and SMCA, so every aligner path runs)."""
     variant = dict(dilation=True, smca=True, dropout=0.0)
     torch.manual_seed(0)
-    fused, criterion, _ = build(ops="fused", **variant)
-    reference, _, _ = build(ops="reference", **variant)
+    fused, criterion, _ = build(aligner_implementation="fused", **variant)
+    reference, _, _ = build(aligner_implementation="reference", **variant)
     g = generator("fused-vs-reference")
     with torch.no_grad():   # random values in the zero-initialised layers, so that the points move
         for name, p in fused.named_parameters():

@@ -148,13 +148,17 @@ FORMAT_1_CONFIG = ("num_classes", "hidden_dim", "nheads", "num_queries", "enc_la
 
 def test_a_format_1_checkpoint_resumes_and_predicts(coco_dir, one_epoch_run, tmp_path):
     """A checkpoint as models.train wrote it before models/checkpoint.py (format "samdetr_ops.models.train/1",
-    its config without the loss and matcher weights, its arguments without --focal_gamma) resumes exactly as
+    its config without the loss and matcher weights and with `ops` for aligner_implementation, its arguments
+    without --focal_gamma) resumes exactly as
     today's does, and models.predict loads it."""
     from models.predict import load_detector
     today = torch.load(one_epoch_run / "checkpoint.pth", weights_only=True)
+    renamed = {"aligner_implementation": "ops"}  # the field's and the flag's name in format 1
     before = dict(today, format="samdetr_ops.models.train/1",
-                  config={k: v for k, v in today["config"].items() if k in FORMAT_1_CONFIG},
-                  args={k: v for k, v in today["args"].items() if k != "focal_gamma"})
+                  config={renamed.get(k, k): v for k, v in today["config"].items()
+                          if renamed.get(k, k) in FORMAT_1_CONFIG},
+                  args={renamed.get(k, k): v for k, v in today["args"].items() if k != "focal_gamma"})
+    assert before["config"]["ops"] == "fused" and "aligner_implementation" not in before["config"]
     for name, checkpoint in (("before", before), ("today", today)):
         (tmp_path / name).mkdir()
         torch.save(checkpoint, tmp_path / name / "checkpoint.pth")
