@@ -400,8 +400,8 @@ def check_pos_embed(case, device, backend):
 # ---------------------------------------------------------------------------------------------------------------
 
 # Drawn examples per test. The interpreter runs each Triton kernel in Python: a small budget there.
-CPP_EXAMPLES = 40
-TRITON_EXAMPLES = 6 if INTERPRETED_TRITON else 40
+CPP_EXAMPLES = 300
+TRITON_EXAMPLES = 6 if INTERPRETED_TRITON else 30  # on a GPU each new shape compiles
 TRITON_LIMITS = SMALL if INTERPRETED_TRITON else FULL
 # The interpreter computes NaN * 0 for the lanes of a non-finite box or point (see test_triton.py)
 INTERPRETER_NAN_WARNING = "ignore:invalid value encountered:RuntimeWarning"
@@ -420,8 +420,8 @@ ALIGN_CORNERS = [
     replace(ALIGN, channels=130, box_kinds=("mixed", "edge"), dtype=torch.float64, point_kind="lattice"),  # wide C
     replace(ALIGN, box_kinds=()),  # N = 0
     replace(ALIGN, batch=0),
-    replace(ALIGN, points=0),
 ]
+SEMANTIC_CORNERS = ALIGN_CORNERS + [replace(ALIGN, points=0)]
 EMBED = EmbedCase(batch=2, queries=3, points=4, dim=6, temperature=10000.0, dtype=torch.float32,
                   view="contiguous", seed=1)
 EMBED_CORNERS = [
@@ -452,7 +452,7 @@ def test_roi_align_matches_reference(device, backend, case):
 
 
 @pytest.mark.parametrize("device,backend", CPP_TARGETS)
-@with_examples(ALIGN_CORNERS)
+@with_examples(SEMANTIC_CORNERS)
 @settings(PROFILE, max_examples=budget(CPP_EXAMPLES))
 @given(case=align_cases(FULL))
 def test_semantic_align_matches_reference(device, backend, case):
@@ -478,7 +478,7 @@ def test_triton_roi_align_matches_reference(device, backend, case):
 
 @pytest.mark.filterwarnings(INTERPRETER_NAN_WARNING)
 @pytest.mark.parametrize("device,backend", TRITON_TARGETS)
-@with_examples(ALIGN_CORNERS)
+@with_examples(SEMANTIC_CORNERS)
 @settings(PROFILE, max_examples=budget(TRITON_EXAMPLES))
 @given(case=align_cases(TRITON_LIMITS))
 def test_triton_semantic_align_matches_reference(device, backend, case):
@@ -491,3 +491,24 @@ def test_triton_semantic_align_matches_reference(device, backend, case):
 @given(case=embed_cases(TRITON_LIMITS))
 def test_triton_pos_embed_matches_reference(device, backend, case):
     check_pos_embed(case, device, backend)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Found by the properties above
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="the CPU kernels are compiled with -mfma and GCC's default -ffp-contract=fast "
+                   "(also under -std=c++20): the sample position of roi_geometry/sample_position is contracted to "
+                   "FMAs, so it is not torchvision's to the last bit, and a sample that lands exactly on the map's "
+                   "border (x = W here) is counted where torchvision leaves it out")
+def test_sample_on_the_map_border_is_counted_as_torchvision_counts_it():
+    """Shrunk from a semantic_align property failure (a huge box, aligned=False, scale 1/3). With all-ones features
+    each bin is (samples on the map) / (samples): bin (3, 3) has 9 x 13 of 18 x 39 in exact arithmetic with the
+    14th column at x = 12.0 exactly; torchvision computes 12.000000000000004 (off the map), the kernel
+    11.999999999999996 (on it): 9 samples too many, 9 / 702 = 0.0128 too much."""
+    features = torch.ones(1, 1, 8, 12, dtype=torch.float64)
+    boxes = torch.tensor([[[-370.0, -175.0, 442.0, 189.0]]], dtype=torch.float64)
+    with samdetr_ops.use_backend("cpp"):
+        out = samdetr_ops.roi_align(features, boxes, 7, 1 / 3, -1, False)
+    assert_close(out, reference.roi_align(features, boxes, 7, 1 / 3, -1, False), FORWARD_TOL[torch.float64],
+                 "bin (3, 3)")
