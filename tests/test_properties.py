@@ -10,9 +10,10 @@ plus two unit roundoffs (the kernel computes in float32 and rounds once).
 
 Inputs that the reference cannot take are replaced in the reference's copy only by inputs of the documented
 meaning (README: "NaN/Inf boxes or points contribute zeros"): a NaN/Inf box, or a NaN/Inf/absurd point, by one
-far off the map, which reads nothing and gets no gradient. (torchvision casts a NaN sample position to int, which
-is undefined behaviour, and grid_sample likewise for an absurd point.) Absurd (1e6 to 1e30 pixel) boxes are drawn
-only with a fixed sampling ratio: with the adaptive one torchvision would visit O(box area) samples.
+far off the map, which reads nothing and gets no gradient (torchvision casts a NaN sample position to int, which
+is undefined behaviour, and grid_sample likewise for an absurd point); so is a box that torchvision refuses and
+that reads nothing (see reference_boxes). Absurd (1e6 to 1e30 pixel) boxes are drawn only with a fixed sampling
+ratio: with the adaptive one torchvision would visit O(box area) samples.
 
 derandomize=True: the same examples on every run, so CI is reproducible. SAMDETR_PROPERTY_EXAMPLES=k multiplies
 every example budget (a longer search by hand)."""
@@ -262,19 +263,30 @@ def align_boxes(g, case):
     return boxes / case.spatial_scale
 
 
-def salient_points(g, B, N, M, kind, spread):
-    """(B, N, M, 2) normalised points, uniform in [-spread, spread]; `lattice` moves about half of them onto the
-    values where a bilinear tap changes (-1, 0, 1, +-1/2 and +-1/4; pixel edges and centres of small grids),
-    `nonfinite` about a quarter to NaN, +-Inf or +-1e30."""
-    points = rand(g, B, N, M, 2, low=-spread, high=spread)
-    chosen = rand(g, B, N, M, 2) < (0.25 if kind == "nonfinite" else 0.5)
-    if kind == "lattice":
-        values = torch.tensor([-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0], dtype=torch.float64)
-    elif kind == "nonfinite":
-        values = torch.tensor([math.nan, math.inf, -math.inf, 1e30, -1e30], dtype=torch.float64)
-    else:
+def grid_lattice(size):
+    """The normalised coordinates along one axis of a `size`-cell RoI grid where grid_sample's bilinear taps change
+    (align_corners=False): the cell centres (2k + 1) / size - 1, k = -1 .. size (the outer two have only one tap on
+    the grid), and the grid's borders -1 and 1."""
+    centres = [(2 * k + 1) / size - 1 for k in range(-1, size + 1)]
+    return torch.tensor(centres + [-1.0, 1.0], dtype=torch.float64)
+
+
+def salient_points(g, B, N, M, case):
+    """(B, N, M, 2) normalised (x, y) points, uniform in [-spread, spread]; `lattice` moves about half of the
+    coordinates onto grid_lattice (where the gradient of a tap jumps), `nonfinite` about a quarter to NaN, +-Inf or
+    +-1e30."""
+    points = rand(g, B, N, M, 2, low=-case.point_spread, high=case.point_spread)
+    chosen = rand(g, B, N, M, 2) < (0.25 if case.point_kind == "nonfinite" else 0.5)
+    if case.point_kind == "uniform":
         return points
-    snapped = values[torch.randint(0, len(values), points.shape, generator=g)]
+    if case.point_kind == "lattice":
+        S_h, S_w = (case.output_size,) * 2 if isinstance(case.output_size, int) else case.output_size
+        values = [grid_lattice(S_w), grid_lattice(S_h)]
+    elif case.point_kind == "nonfinite":
+        values = [torch.tensor([math.nan, math.inf, -math.inf, 1e30, -1e30], dtype=torch.float64)] * 2
+    else:
+        raise ValueError(case.point_kind)
+    snapped = torch.stack([v[torch.randint(0, len(v), (B, N, M), generator=g)] for v in values], dim=-1)
     return torch.where(chosen, snapped, points)
 
 
@@ -284,8 +296,8 @@ def reference_boxes(boxes, case):
     - a NaN/Inf box (torchvision casts its NaN sample positions to int);
     - with aligned=True and the adaptive count, a box flipped along one axis alone: its sample counts per axis,
       ceil(extent / bins), have opposite signs and torchvision sizes a std::vector by their negative product
-      ("cannot create std::vector larger than max_size()"). Flipped along both axes (a positive product) or along
-      none, torchvision takes it and reads nothing from it, as our kernels do for every flipped box here."""
+      ("cannot create std::vector larger than max_size()"). A box flipped along both axes (a positive product)
+      torchvision takes, and reads nothing from it, as our kernels."""
     unreadable = ~torch.isfinite(boxes).all(dim=-1)
     if case.aligned and case.sampling_ratio <= 0:
         unreadable |= (boxes[..., 2] < boxes[..., 0]) != (boxes[..., 3] < boxes[..., 1])
@@ -371,7 +383,7 @@ def check_semantic_align(case, device, backend):
     g = torch.Generator().manual_seed(case.seed)
     features, boxes = roi_inputs(g, case, device)
     B, N, M, C = case.batch, case.queries, case.points, case.channels
-    points = salient_points(g, B, N, M, case.point_kind, case.point_spread)
+    points = salient_points(g, B, N, M, case)
     points = as_view(points.to(device=device, dtype=case.dtype), case.view)
     logits = as_view((randn(g, B, N, M, C) * case.logit_scale).to(device=device, dtype=case.dtype), case.view)
     assert_matches_reference("semantic_align", [features, boxes, points, logits],
