@@ -412,7 +412,7 @@ def check_pos_embed(case, device, backend):
 # ---------------------------------------------------------------------------------------------------------------
 
 # Drawn examples per test. The interpreter runs each Triton kernel in Python: a small budget there.
-CPP_EXAMPLES = 300
+CPP_EXAMPLES = 500
 TRITON_EXAMPLES = 6 if INTERPRETED_TRITON else 30  # on a GPU each new shape compiles
 TRITON_LIMITS = SMALL if INTERPRETED_TRITON else FULL
 # The interpreter computes NaN * 0 for the lanes of a non-finite box or point (see test_triton.py)
