@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC := torch==2.14.1 torchvision==0.29.1
-DEV_DEPS := pytest ninja numpy matplotlib pytest-benchmark tqdm expecttest ruff pycocotools scipy onnx onnxscript onnxruntime kwcoco opencv-python-headless
+DEV_DEPS := pytest hypothesis ninja numpy matplotlib pytest-benchmark tqdm expecttest ruff pycocotools scipy onnx onnxscript onnxruntime kwcoco opencv-python-headless
 CSRC := $(shell find csrc -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh')
 BENCH_ARGS ?=
 PYTEST_ARGS ?=
