@@ -88,7 +88,10 @@ def _extension():
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # at::parallel_for is inlined from torch's headers and only runs in parallel when compiled with OpenMP; the
     # extension then shares torch's own libgomp (same soname, already loaded).
-    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno"] + _cpu_vector_flags()
+    # -ffp-contract=off: with -mfma GCC fuses a*b+c into one rounding, so a RoI sample position landing exactly on
+    # the map's border came out on the other side of it than in torchvision (tests/test_properties.py's border
+    # case); the vector loops call their FMAs explicitly and keep them.
+    cxx_flags = ["-O3", "-fopenmp", "-fno-math-errno", "-ffp-contract=off"] + _cpu_vector_flags()
     link_flags = ["-fopenmp"]
     if not _want_cuda():
         print("samdetr_ops: building the CPU kernels (no CUDA: set FORCE_CUDA=1 to compile them without a GPU)")

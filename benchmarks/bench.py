@@ -106,12 +106,17 @@ def cpu_floor_ms(op, shape, dtype, x, rates):
     """A lower bound on one forward on this CPU: max(minimum bytes at the copy rate, arithmetic at the measured
     peak). Arithmetic: roi_align 4 multiply-adds per on-map sample and channel; semantic_align those of the bins
     its points touch, 4 per corner and channel, and one exp per output (the sigmoid); the position embedding
-    half a sin, half a cos and one exp per output. float16/bfloat16 compute in float32: same rates."""
+    half a sin, half a cos and one exp per output; ms_deform_attn 5 multiply-adds per sample and channel (4
+    bilinear corners, the attention weight). float16/bfloat16 compute in float32: same rates."""
     memory = cases.min_bytes(op, shape, dtype.itemsize) / rates["copy"]
     B, N, M, C, H, W, S = shape.B, shape.N, shape.M, shape.C, shape.H, shape.W, 7
     if op == "salient_point_pos_embed":
         outputs = B * N * M * C
         return 1e3 * max(memory, outputs * (0.5 / rates["sin"] + 0.5 / rates["cos"] + 1 / rates["exp"]))
+    if op == "ms_deform_attn":  # 4 corners x a multiply-add, and the attention weight's, per sample and channel
+        queries, heads, levels, points = x["msda_weights"].shape[1:]
+        samples = B * queries * heads * levels * points
+        return 1e3 * max(memory, 10 * samples * (C // heads) / rates["flop"])
     boxes = x["boxes"].double().reshape(-1, 4)  # aligned=True: offset 0.5, spatial_scale 1
     start, extent = boxes[:, :2] - 0.5, boxes[:, 2:] - boxes[:, :2]
     grid = torch.ceil(extent / S).clamp(min=1)

@@ -50,8 +50,9 @@ def make_features(g, B, C, H, W, layout="contiguous", dtype=torch.float32, devic
         f = randn(g, B, C, H, W)
     elif layout == "channels_last":
         f = randn(g, B, H * W, C).transpose(1, 2).reshape(B, C, H, W)
-    elif layout == "strided":
-        f = randn(g, B, 2 * C, W, H + 1).transpose(2, 3)[:, ::2, :H]
+    elif layout == "strided":  # cast before taking the view: .to() of a view returns a dense copy
+        wide = randn(g, B, 2 * C, W, H + 1).to(device=device, dtype=dtype)
+        return wide.transpose(2, 3)[:, ::2, :H]
     else:
         raise ValueError(layout)
     f = f.to(device=device, dtype=dtype)

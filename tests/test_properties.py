@@ -509,15 +509,12 @@ def test_triton_pos_embed_matches_reference(device, backend, case):
 # Found by the properties above
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the CPU kernels are compiled with -mfma and GCC's default -ffp-contract=fast "
-                   "(also under -std=c++20): the sample position of roi_geometry/sample_position is contracted to "
-                   "FMAs, so it is not torchvision's to the last bit, and a sample that lands exactly on the map's "
-                   "border (x = W here) is counted where torchvision leaves it out")
 def test_sample_on_the_map_border_is_counted_as_torchvision_counts_it():
     """Shrunk from a semantic_align property failure (a huge box, aligned=False, scale 1/3). With all-ones features
     each bin is (samples on the map) / (samples): bin (3, 3) has 9 x 13 of 18 x 39 in exact arithmetic with the
     14th column at x = 12.0 exactly; torchvision computes 12.000000000000004 (off the map), the kernel
-    11.999999999999996 (on it): 9 samples too many, 9 / 702 = 0.0128 too much."""
+    11.999999999999996 (on it): 9 samples too many, 9 / 702 = 0.0128 too much. The cause: GCC contracted the
+    position arithmetic into FMAs under -mfma; setup.py compiles the CPU kernels with -ffp-contract=off."""
     features = torch.ones(1, 1, 8, 12, dtype=torch.float64)
     boxes = torch.tensor([[[-370.0, -175.0, 442.0, 189.0]]], dtype=torch.float64)
     with samdetr_ops.use_backend("cpp"):
