@@ -401,6 +401,10 @@ def run_cases(tasks, args, device, env, floors):
     --time-budget are skipped. Returns (rows, failures, number skipped)."""
     min_run_time = args.min_run_time or (0.5 if args.preset == "quick" else 1.0)
     compile_ref = args.backend is None or "compiled-ref" in args.backend
+    # Each compiled reference is a deliberate static specialisation per (op, shape, dtype, mode), and dynamo keeps
+    # them on one code object: past its default of 8 it warns ("hit config.recompile_limit") between the progress
+    # bar and the table and runs the rest eagerly, which would mislabel eager times as compiled.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(tasks))
     progress = progress_bar(len(tasks))
     rows, compiled_cache, failures = [], {}, []
     input_cache = {}  # the inputs of one (shape, dtype) at a time
