@@ -7,7 +7,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import _autograd
-from ._common import alert_atomic_scatter, autotune_configs, fixed_config, program_index
+from ._common import alert_atomic_scatter, autotune_configs, fixed_config, grid_corner, program_index
 from .roi_align import acc_dtype
 
 
@@ -19,30 +19,15 @@ def _level(shapes_ptr, starts_ptr, level):
 
 @triton.jit
 def _corner(x, y, H, W, kx: tl.constexpr, ky: tl.constexpr, ACC: tl.constexpr):
-    """Corner (x0 + kx, y0 + ky) of location (x, y) in [0, 1] of an H x W map, sampled at (x W - 0.5, y H - 0.5)
-    through the grid coordinate 2 x - 1 as grid_sample (align_corners=False) and csrc/samdetr_math.h's
-    level_corners compute it: (row index in the level (clamped into it), on the map, weight, d weight / d x,
-    d weight / d y). NaN/Inf locations are on no map."""
-    sx = W.to(ACC)
-    sy = H.to(ACC)
-    ix = ((2.0 * x - 1.0 + 1.0) * sx - 1.0) / 2.0
-    iy = ((2.0 * y - 1.0 + 1.0) * sy - 1.0) / 2.0
-    near = (ix > -2.0) & (ix < sx + 1.0) & (iy > -2.0) & (iy < sy + 1.0)
-    ix = tl.where(near, ix, 0.0)
-    iy = tl.where(near, iy, 0.0)
-    fx = tl.floor(ix)
-    fy = tl.floor(iy)
-    ax = ix - fx
-    ay = iy - fy
-    cx = fx.to(tl.int64) + kx
-    cy = fy.to(tl.int64) + ky
-    inside = near & (cx >= 0) & (cx < W) & (cy >= 0) & (cy < H)
-    wx = ax if kx == 1 else 1.0 - ax
-    wy = ay if ky == 1 else 1.0 - ay
-    dwx = sx if kx == 1 else -sx  # d ix / d x = W
-    dwy = sy if ky == 1 else -sy
-    index = tl.where(inside, cy * W + cx, 0)
-    return index, inside, wx * wy, dwx * wy, wx * dwy
+    """Corner (x0 + kx, y0 + ky) of location (x, y) in [0, 1] of an H x W map, sampled at (x W - 0.5, y H - 0.5):
+    _common.grid_corner at the grid coordinate (2 x - 1, 2 y - 1), as grid_sample (align_corners=False) and
+    csrc/samdetr_math.h's level_corners compute it. Returns (row index in the level (clamped into it), whether the
+    corner contributes (on the map, with a non-zero weight or derivative), weight, d weight / d x, d weight / d y);
+    NaN/Inf locations are on no map."""
+    cx, cy, w, w_dpx, w_dpy = grid_corner(2.0 * x - 1.0, 2.0 * y - 1.0, H.to(ACC), W.to(ACC), kx, ky)
+    index = cy.to(tl.int64) * W + cx.to(tl.int64)
+    contributes = (w != 0.0) | (w_dpx != 0.0) | (w_dpy != 0.0)
+    return index, contributes, w, 2.0 * w_dpx, 2.0 * w_dpy  # d (2 x - 1) / d x = 2
 
 
 @triton.autotune(configs=autotune_configs(1, 2, 4), key=["D"])
