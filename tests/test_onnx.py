@@ -133,6 +133,60 @@ def test_salient_point_pos_embed(opset, depth, temperature):
     assert {"Sin", "Cos", "Sigmoid", "Mul"} <= ops
 
 
+# ms_deform_attn: (H, W) per level, odd sizes and a 1x1 level; heads, D per head, points per level
+MSDA_LEVELS = [(5, 7), (1, 1), (3, 2)]
+MSDA_HEADS, MSDA_D, MSDA_P = 2, 3, 2
+
+
+def level_tensors(levels):
+    """spatial_shapes (L, 2) and level_start_index (L,) of the (H, W) list `levels`."""
+    shapes = torch.tensor(levels, dtype=torch.int64).view(-1, 2)
+    sizes = shapes.prod(1)
+    return shapes, torch.cumsum(sizes, 0) - sizes
+
+
+def msda_inputs(g, B, Q, levels=MSDA_LEVELS):
+    """ms_deform_attn's inputs, locations partly outside [0, 1] and, for the first query (Q >= 2), a NaN x, an Inf y
+    and a -1e30 x (they read nothing)."""
+    shapes, starts = level_tensors(levels)
+    L = len(levels)
+    value = torch.randn(B, int(shapes.prod(1).sum()), MSDA_HEADS, MSDA_D, generator=g)
+    locations = torch.rand(B, Q, MSDA_HEADS, L, MSDA_P, 2, generator=g) * 1.6 - 0.3
+    locations[:, 0, 0, 0, 0, 0], locations[:, 0, 1, L - 1, 1, 1] = float("nan"), float("inf")
+    locations[:, 1, 0, L - 1, 0, 0] = -1e30
+    weights = torch.softmax(torch.randn(B, Q, MSDA_HEADS, L * MSDA_P, generator=g), -1)
+    return value, shapes, starts, locations, weights.view(B, Q, MSDA_HEADS, L, MSDA_P)
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_ms_deform_attn(opset):
+    """Batch size and query count dynamic; one GridSample per level; hostile locations answered as the op does."""
+    g = generator("onnx ms_deform_attn", opset)
+    dynamic = {0: DYNAMIC_BATCH, 1: DYNAMIC_BOXES}
+    ops = check_op_exports("ms_deform_attn", (), lambda B, Q: msda_inputs(g, B, Q),
+                           ({0: DYNAMIC_BATCH}, None, None, dynamic, dynamic), opset)
+    assert {"GridSample", "Slice", "Mul", "ReduceSum"} <= ops
+
+
+@pytest.mark.parametrize("export_levels,run_levels", [
+    (MSDA_LEVELS, [[(4, 9), (1, 1), (2, 5)], [(0, 4), (1, 1), (2, 0)], [(3, 3), (0, 0), (6, 1)]]),
+    ([(4, 6)], [[(7, 3)], [(0, 5)]])], ids=["L3", "L1"])
+def test_ms_deform_attn_level_sizes_are_data(export_levels, run_levels):
+    """Each level's H, W and start are read from spatial_shapes and level_start_index in the graph: exported at one
+    set of level sizes (S dynamic), the graph runs at others, empty levels (H or W = 0, read as nothing) included."""
+    g = generator("onnx ms_deform_attn levels", len(export_levels))
+    dynamic = {0: DYNAMIC_BATCH, 1: DYNAMIC_BOXES}
+    module = OpModule("ms_deform_attn")
+    program = export_quietly(module, msda_inputs(g, *EXPORT_SIZE, export_levels),
+                             ({0: DYNAMIC_BATCH, 1: torch.export.Dim("S", max=10**6)}, None, None, dynamic, dynamic),
+                             18)
+    assert [node.op_type for node in program.model.graph].count("GridSample") == len(export_levels)
+    for levels in run_levels:
+        inputs = msda_inputs(g, 3, 5, levels)
+        (got,) = run_onnx(program, inputs)
+        torch.testing.assert_close(got, module(*inputs), **FORWARD_TOL[torch.float32], msg=lambda m: f"{levels}: {m}")
+
+
 def test_grid_sample_mode_name_follows_the_opset():
     """GridSample's bilinear mode is "bilinear" up to opset 19 and "linear" from 20."""
     g = generator("onnx grid mode")
