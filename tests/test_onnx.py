@@ -187,6 +187,42 @@ def test_ms_deform_attn_level_sizes_are_data(export_levels, run_levels):
         torch.testing.assert_close(got, module(*inputs), **FORWARD_TOL[torch.float32], msg=lambda m: f"{levels}: {m}")
 
 
+@pytest.mark.parametrize("reference_size", [2, 4], ids=["points", "boxes"])
+def test_ms_deform_attn_module_exports(reference_size):
+    """samdetr_ops.nn.MSDeformAttn (small, random weights), with reference points or boxes and a padding mask: batch
+    size, query count and S dynamic; onnxruntime equals eager at two sizes and another set of level sizes."""
+    from samdetr_ops.nn import MSDeformAttn
+
+    g = generator("onnx MSDeformAttn", reference_size)
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=8, n_levels=len(MSDA_LEVELS), n_heads=2, n_points=2).eval()
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.5, generator=g)
+
+    def inputs(B, Q, levels):
+        shapes, starts = level_tensors(levels)
+        S = int(shapes.prod(1).sum())
+        mask = torch.rand(B, S, generator=g) < 0.2
+        reference = torch.rand(B, Q, len(levels), reference_size, generator=g)
+        return (torch.randn(B, Q, 8, generator=g), reference, torch.randn(B, S, 8, generator=g), shapes, starts, mask)
+
+    batch_queries = {0: DYNAMIC_BATCH, 1: DYNAMIC_BOXES}
+    batch_s = {0: DYNAMIC_BATCH, 1: torch.export.Dim("S", max=10**6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = samdetr_ops.onnx.export(module, inputs(*EXPORT_SIZE, MSDA_LEVELS), opset_version=18, verbose=False,
+                                          dynamic_shapes=(batch_queries, batch_queries, batch_s, None, None, batch_s))
+    assert [node.op_type for node in program.model.graph].count("GridSample") == len(MSDA_LEVELS)
+    for (B, Q), levels in zip(RUN_SIZES, (MSDA_LEVELS, [(4, 9), (1, 1), (2, 5)])):
+        x = inputs(B, Q, levels)
+        (got,) = run_onnx(program, x)
+        with torch.no_grad():
+            expected = module(*x)
+        torch.testing.assert_close(got, expected, **FORWARD_TOL[torch.float32],
+                                   msg=lambda m: f"B={B} Q={Q} {levels}: {m}")
+
+
 def test_grid_sample_mode_name_follows_the_opset():
     """GridSample's bilinear mode is "bilinear" up to opset 19 and "linear" from 20."""
     g = generator("onnx grid mode")
