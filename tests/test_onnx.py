@@ -1,6 +1,8 @@
 """ONNX export (samdetr_ops.onnx): each op exported through torch.onnx (dynamo) as standard ONNX operators and run in
 onnxruntime, against the op in eager mode: every RoIAlign setting, hostile boxes and points, batch size and box
-count left dynamic (exported once, run at two sizes), opsets 18 and 20; the Triton namespace's ops; the whole
+count left dynamic (exported once, run at two sizes), opsets 18 and 20; ms_deform_attn with hostile locations and
+its level sizes as data (run at level sizes other than the export's, empty levels included) and the MSDeformAttn
+module; the Triton namespace's ops; the whole
 SAM-DETR (small configuration, random weights) through torch.export.export and onnxruntime at two image sizes and
 two batch sizes. Skipped when onnx, onnxscript or onnxruntime is missing (`pip install -e .[onnx]`)."""
 import importlib.util
@@ -305,32 +307,38 @@ import samdetr_ops, samdetr_ops.onnx, samdetr_ops.triton
 import onnxruntime as ort
 
 class TritonOps(torch.nn.Module):
-    def forward(self, features, boxes, points, logits, cxcywh):
+    def forward(self, features, boxes, points, logits, cxcywh, value, shapes, starts, locations, weights):
         t = torch.ops.samdetr_ops_triton
         return (t.roi_align(features, boxes, [3, 4], 0.5, -1, True),
                 t.semantic_align(features, boxes, points, logits, [7, 7], 0.5, 2, False),
-                t.salient_point_pos_embed(cxcywh, points, logits, 10000.0))
+                t.salient_point_pos_embed(cxcywh, points, logits, 10000.0),
+                t.ms_deform_attn(value, shapes, starts, locations, weights))
 
 g = torch.Generator().manual_seed(0)
 def inputs(B, N):
     boxes = torch.rand(B, N, 4, generator=g) * 20
     boxes[:, 0] = torch.tensor([18.0, 16.0, 2.0, 4.0])  # flipped
+    locations = torch.rand(B, N, 2, 2, 3, 2, generator=g) * 1.6 - 0.3  # ms_deform_attn: levels 5x7 and 1x1
+    locations[:, 0, 0, 0, 0, 0] = float("nan")
     return (torch.randn(B, 6, 9, 12, generator=g), boxes, torch.rand(B, N, 4, 2, generator=g) * 2.4 - 1.2,
-            torch.randn(B, N, 4, 6, generator=g), torch.rand(B, N, 4, generator=g) * 0.5 + 0.2)
+            torch.randn(B, N, 4, 6, generator=g), torch.rand(B, N, 4, generator=g) * 0.5 + 0.2,
+            torch.randn(B, 36, 2, 3, generator=g), torch.tensor([[5, 7], [1, 1]]), torch.tensor([0, 35]), locations,
+            torch.rand(B, N, 2, 2, 3, generator=g))
 batch, boxes = torch.export.Dim("batch", max=64), torch.export.Dim("boxes", max=4096)
 d = {0: batch, 1: boxes}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    program = samdetr_ops.onnx.export(TritonOps(), inputs(2, 5), dynamic_shapes=({0: batch}, d, d, d, d),
+    program = samdetr_ops.onnx.export(TritonOps(), inputs(2, 5),
+                                      dynamic_shapes=({0: batch}, d, d, d, d, {0: batch}, None, None, d, d),
                                       opset_version=20, verbose=False)
 session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
 for B, N in ((3, 8), (1, 2)):
     x = inputs(B, N)
     got = session.run(None, {a.name: t.numpy() for a, t in zip(session.get_inputs(), x)})
-    features, boxes, points, logits, cxcywh = x
+    features, boxes, points, logits, cxcywh = x[:5]
     expected = (samdetr_ops.roi_align(features, boxes, (3, 4), 0.5, -1, True),
                 samdetr_ops.semantic_align(features, boxes, points, logits, 7, 0.5, 2, False),
-                samdetr_ops.salient_point_pos_embed(cxcywh, points, logits))
+                samdetr_ops.salient_point_pos_embed(cxcywh, points, logits), samdetr_ops.ms_deform_attn(*x[5:]))
     for o, e in zip(got, expected):
         torch.testing.assert_close(torch.from_numpy(o), e, atol=2e-5, rtol=1e-5)
 print("OK", [n.target for n in program.exported_program.graph.nodes if "samdetr" in str(n.target)])
@@ -347,6 +355,7 @@ def test_triton_namespace_exports():
                             env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "samdetr_ops_triton.roi_align" in result.stdout and "semantic_align" in result.stdout
+    assert "samdetr_ops_triton.ms_deform_attn" in result.stdout
 
 
 # ---- the whole detector ---------------------------------------------------------------------------------------
