@@ -2,9 +2,9 @@
 onnxruntime, against the op in eager mode: every RoIAlign setting, hostile boxes and points, batch size and box
 count left dynamic (exported once, run at two sizes), opsets 18 and 20; ms_deform_attn with hostile locations and
 its level sizes as data (run at level sizes other than the export's, empty levels included) and the MSDeformAttn
-module; the Triton namespace's ops; the whole
-SAM-DETR (small configuration, random weights) through torch.export.export and onnxruntime at two image sizes and
-two batch sizes. Skipped when onnx, onnxscript or onnxruntime is missing (`pip install -e .[onnx]`)."""
+module; the Triton namespace's ops; the whole SAM-DETR (small configuration, random weights) through
+torch.export.export and onnxruntime at two image sizes and two batch sizes. Skipped when onnx, onnxscript or
+onnxruntime is missing (`pip install -e .[onnx]`)."""
 import importlib.util
 import os
 import subprocess
