@@ -102,7 +102,7 @@ OP_SPECS = {spec.name: spec for spec in (
            differentiable=("value", "sampling_locations", "attention_weights"), reference=reference.ms_deform_attn,
            check=_checks.ms_deform_attn, fake=_ms_deform_attn_fake, backward_fake=_ms_deform_attn_backward_fake,
            autograd=_autograd.ms_deform_attn, triton_module="ms_deform_attn",
-           onnx_translation=None),  # not written yet: translation_table() leaves the op out
+           onnx_translation="ms_deform_attn"),
 )}
 
 

@@ -12,6 +12,8 @@ Each op (compiled namespace samdetr_ops and Triton namespace samdetr_ops_triton)
     semantic_align           RoiAlign, then GridSample over the RoI grid (bilinear, zeros padding, align_corners 0;
                              the mode is named "bilinear" up to opset 19 and "linear" from 20), times Sigmoid
     salient_point_pos_embed  Mul/Add for the positions, Div by the frequencies, Sin/Cos, times Sigmoid
+    ms_deform_attn           per level (L static, unrolled; H, W and the level's start read from the data): Slice of
+                             value, GridSample (as semantic_align's), then times the weights, ReduceSum
 
 Batch size, box count and feature-map size stay dynamic: every shape is read from the inputs with Shape.
 
@@ -22,7 +24,8 @@ casts NaN positions to int. So the graph replaces every such box by a harmless o
 output after. Flipped boxes that our ops do read (a fixed sampling_ratio: samples laid out backwards, or
 aligned=False: the legacy 1-pixel minimum extent) go through unchanged, as onnxruntime reads them the same way.
 Likewise GridSample casts point positions to int: non-finite or far-off points (which read nothing in our ops)
-are clamped to +-3, a point just as far off the RoI grid, so they still read nothing.
+are clamped to +-3, a point just as far off the RoI grid, so they still read nothing; ms_deform_attn's sampling
+locations likewise (in GridSample's [-1, 1] coordinates of each level's map).
 Not guarded: a box far larger than the map costs onnxruntime O(box area) samples (as it costs torchvision); our
 kernels visit only the samples on the map and saturate the count at 2**24 per axis.
 
@@ -148,6 +151,59 @@ def salient_point_pos_embed(boxes_cxcywh, points, weight_logits, temperature: fl
     embedding = op.Reshape(op.Where(even, op.Sin(angle), op.Cos(angle)),
                            op.Concat(_dims(points, 0, 3), _int64([depth]), axis=0))     # (B, N, M, D)
     return op.Mul(embedding, op.Sigmoid(weight_logits))
+
+
+def _level_map(value, spatial_shapes, level_start_index, level):
+    """value (B, S, heads, D) -> level `level`'s map (B*heads, D, H_l, W_l); H_l, W_l and the level's start are
+    read from the data (Gather), so they are not baked into the graph."""
+    height_width = op.Gather(spatial_shapes, _int64(level), axis=0)                    # (2,) H, W
+    start = op.Gather(level_start_index, _int64([level]), axis=0)                      # (1,)
+    end = op.Add(start, op.ReduceProd(height_width, keepdims=1))                       # (1,) start + H*W
+    value_l = op.Slice(value, start, end, _int64([1]))                                 # (B, H*W, heads, D)
+    value_l = op.Transpose(value_l, perm=[0, 2, 3, 1])                                  # (B, heads, D, H*W)
+    batch_heads = op.Mul(_dims(value, 0, 1), _dims(value, 2, 3))                        # (1,) B*heads
+    # allowzero=1: an empty level (H or W = 0) keeps its 0 instead of copying the input's dimension
+    value_l = op.Reshape(value_l, op.Concat(batch_heads, _dims(value, 3, 4), height_width, axis=0), allowzero=1)
+    # GridSample refuses an empty map: an empty level (which reads nothing) becomes a map of zeros one pixel high
+    # or wide (padded at the end; no padding for the other levels)
+    empty = op.Cast(op.Equal(height_width, _int64([0, 0])), to=onnxscript.ir.DataType.INT64)  # (2,) 0/1
+    return op.Pad(value_l, op.Concat(_int64([0] * 6), empty, axis=0), op.CastLike(0.0, value_l))
+
+
+def ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """samdetr_ops::ms_deform_attn: value (B, S, heads, D), spatial_shapes (L, 2) (H, W), level_start_index (L,),
+    sampling_locations (B, Q, heads, L, P, 2) (x, y) in [0, 1], attention_weights (B, Q, heads, L, P)
+    -> (B, Q, heads*D). One GridSample per level (L, the number of levels, is static: unrolled here; each level's
+    H, W and start are data), times the weights, summed over levels and points."""
+    levels = sampling_locations.shape[3]
+    if not isinstance(levels, int):
+        raise ValueError("samdetr_ops.onnx: ms_deform_attn needs a static number of levels L (dimension 3 of "
+                         f"sampling_locations), got {levels}")
+    # (x, y) in [0, 1] -> grid_sample's [-1, 1]; NaN, Inf and far-off points (nothing read in our op) clamped to
+    # +-3, off any map (see _POINT_BOUND), which keeps GridSample's float->int casts in range
+    grid = op.Sub(op.Mul(sampling_locations, op.CastLike(2.0, sampling_locations)),
+                  op.CastLike(1.0, sampling_locations))
+    bound = op.CastLike(_POINT_BOUND, grid)
+    grid = op.Where(op.IsNaN(grid), bound, op.Clip(grid, op.Neg(bound), bound))
+    # (B, Q, heads, L, P, 2) -> (B*heads, L, Q, P, 2)
+    grid = op.Reshape(op.Transpose(grid, perm=[0, 2, 3, 1, 4, 5]),
+                      op.Concat(_int64([-1, levels]), _dims(grid, 1, 2), _dims(grid, 4, 6), axis=0))
+    mode = "linear" if _target_opset() >= 20 else "bilinear"
+    sampled = []
+    for level in range(levels):
+        grid_l = op.Gather(grid, _int64(level), axis=1)                                # (B*heads, Q, P, 2)
+        value_l = _level_map(value, spatial_shapes, level_start_index, level)         # (B*heads, D, H, W)
+        sampled.append(op.GridSample(value_l, grid_l, align_corners=0, mode=mode,
+                                     padding_mode="zeros"))                            # (B*heads, D, Q, P)
+    sampled = op.Concat(*sampled, axis=3) if levels > 1 else sampled[0]                # (B*heads, D, Q, L*P)
+    # (B, Q, heads, L, P) -> (B*heads, 1, Q, L*P)
+    weights = op.Reshape(op.Transpose(attention_weights, perm=[0, 2, 1, 3, 4]),
+                         op.Concat(_int64([-1, 1]), _dims(attention_weights, 1, 2),
+                                   op.Mul(_dims(attention_weights, 3, 4), _dims(attention_weights, 4, 5)), axis=0))
+    out = op.ReduceSum(op.Mul(sampled, weights), _int64([3]), keepdims=0)             # (B*heads, D, Q)
+    # (B*heads, D, Q) -> (B, heads*D, Q) -> (B, Q, heads*D)
+    out = op.Reshape(out, op.Concat(_dims(value, 0, 1), _int64([-1]), _dims(sampling_locations, 1, 2), axis=0))
+    return op.Transpose(out, perm=[0, 2, 1])
 
 
 def translation_table():

@@ -1,8 +1,10 @@
 """ONNX export (samdetr_ops.onnx): each op exported through torch.onnx (dynamo) as standard ONNX operators and run in
 onnxruntime, against the op in eager mode: every RoIAlign setting, hostile boxes and points, batch size and box
-count left dynamic (exported once, run at two sizes), opsets 18 and 20; the Triton namespace's ops; the whole
-SAM-DETR (small configuration, random weights) through torch.export.export and onnxruntime at two image sizes and
-two batch sizes. Skipped when onnx, onnxscript or onnxruntime is missing (`pip install -e .[onnx]`)."""
+count left dynamic (exported once, run at two sizes), opsets 18 and 20; ms_deform_attn with hostile locations and
+its level sizes as data (run at level sizes other than the export's, empty levels included) and the MSDeformAttn
+module; the Triton namespace's ops; the whole SAM-DETR (small configuration, random weights) through
+torch.export.export and onnxruntime at two image sizes and two batch sizes. Skipped when onnx, onnxscript or
+onnxruntime is missing (`pip install -e .[onnx]`)."""
 import importlib.util
 import os
 import subprocess
@@ -133,6 +135,96 @@ def test_salient_point_pos_embed(opset, depth, temperature):
     assert {"Sin", "Cos", "Sigmoid", "Mul"} <= ops
 
 
+# ms_deform_attn: (H, W) per level, odd sizes and a 1x1 level; heads, D per head, points per level
+MSDA_LEVELS = [(5, 7), (1, 1), (3, 2)]
+MSDA_HEADS, MSDA_D, MSDA_P = 2, 3, 2
+
+
+def level_tensors(levels):
+    """spatial_shapes (L, 2) and level_start_index (L,) of the (H, W) list `levels`."""
+    shapes = torch.tensor(levels, dtype=torch.int64).view(-1, 2)
+    sizes = shapes.prod(1)
+    return shapes, torch.cumsum(sizes, 0) - sizes
+
+
+def msda_inputs(g, B, Q, levels=MSDA_LEVELS):
+    """ms_deform_attn's inputs, locations partly outside [0, 1] and, for the first query (Q >= 2), a NaN x, an Inf y
+    and a -1e30 x (they read nothing)."""
+    shapes, starts = level_tensors(levels)
+    L = len(levels)
+    value = torch.randn(B, int(shapes.prod(1).sum()), MSDA_HEADS, MSDA_D, generator=g)
+    locations = torch.rand(B, Q, MSDA_HEADS, L, MSDA_P, 2, generator=g) * 1.6 - 0.3
+    locations[:, 0, 0, 0, 0, 0], locations[:, 0, 1, L - 1, 1, 1] = float("nan"), float("inf")
+    locations[:, 1, 0, L - 1, 0, 0] = -1e30
+    weights = torch.softmax(torch.randn(B, Q, MSDA_HEADS, L * MSDA_P, generator=g), -1)
+    return value, shapes, starts, locations, weights.view(B, Q, MSDA_HEADS, L, MSDA_P)
+
+
+@pytest.mark.parametrize("opset", [18, 20])
+def test_ms_deform_attn(opset):
+    """Batch size and query count dynamic; one GridSample per level; hostile locations answered as the op does."""
+    g = generator("onnx ms_deform_attn", opset)
+    dynamic = {0: DYNAMIC_BATCH, 1: DYNAMIC_BOXES}
+    ops = check_op_exports("ms_deform_attn", (), lambda B, Q: msda_inputs(g, B, Q),
+                           ({0: DYNAMIC_BATCH}, None, None, dynamic, dynamic), opset)
+    assert {"GridSample", "Slice", "Mul", "ReduceSum"} <= ops
+
+
+@pytest.mark.parametrize("export_levels,run_levels", [
+    (MSDA_LEVELS, [[(4, 9), (1, 1), (2, 5)], [(0, 4), (1, 1), (2, 0)], [(3, 3), (0, 0), (6, 1)]]),
+    ([(4, 6)], [[(7, 3)], [(0, 5)]])], ids=["L3", "L1"])
+def test_ms_deform_attn_level_sizes_are_data(export_levels, run_levels):
+    """Each level's H, W and start are read from spatial_shapes and level_start_index in the graph: exported at one
+    set of level sizes (S dynamic), the graph runs at others, empty levels (H or W = 0, read as nothing) included."""
+    g = generator("onnx ms_deform_attn levels", len(export_levels))
+    dynamic = {0: DYNAMIC_BATCH, 1: DYNAMIC_BOXES}
+    module = OpModule("ms_deform_attn")
+    program = export_quietly(module, msda_inputs(g, *EXPORT_SIZE, export_levels),
+                             ({0: DYNAMIC_BATCH, 1: torch.export.Dim("S", max=10**6)}, None, None, dynamic, dynamic),
+                             18)
+    assert [node.op_type for node in program.model.graph].count("GridSample") == len(export_levels)
+    for levels in run_levels:
+        inputs = msda_inputs(g, 3, 5, levels)
+        (got,) = run_onnx(program, inputs)
+        torch.testing.assert_close(got, module(*inputs), **FORWARD_TOL[torch.float32], msg=lambda m: f"{levels}: {m}")
+
+
+@pytest.mark.parametrize("reference_size", [2, 4], ids=["points", "boxes"])
+def test_ms_deform_attn_module_exports(reference_size):
+    """samdetr_ops.nn.MSDeformAttn (small, random weights), with reference points or boxes and a padding mask: batch
+    size, query count and S dynamic; onnxruntime equals eager at two sizes and another set of level sizes."""
+    from samdetr_ops.nn import MSDeformAttn
+
+    g = generator("onnx MSDeformAttn", reference_size)
+    torch.manual_seed(0)
+    module = MSDeformAttn(d_model=8, n_levels=len(MSDA_LEVELS), n_heads=2, n_points=2).eval()
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_(0.0, 0.5, generator=g)
+
+    def inputs(B, Q, levels):
+        shapes, starts = level_tensors(levels)
+        S = int(shapes.prod(1).sum())
+        mask = torch.rand(B, S, generator=g) < 0.2
+        reference = torch.rand(B, Q, len(levels), reference_size, generator=g)
+        return (torch.randn(B, Q, 8, generator=g), reference, torch.randn(B, S, 8, generator=g), shapes, starts, mask)
+
+    batch_queries = {0: DYNAMIC_BATCH, 1: DYNAMIC_BOXES}
+    batch_s = {0: DYNAMIC_BATCH, 1: torch.export.Dim("S", max=10**6)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = samdetr_ops.onnx.export(module, inputs(*EXPORT_SIZE, MSDA_LEVELS), opset_version=18, verbose=False,
+                                          dynamic_shapes=(batch_queries, batch_queries, batch_s, None, None, batch_s))
+    assert [node.op_type for node in program.model.graph].count("GridSample") == len(MSDA_LEVELS)
+    for (B, Q), levels in zip(RUN_SIZES, (MSDA_LEVELS, [(4, 9), (1, 1), (2, 5)])):
+        x = inputs(B, Q, levels)
+        (got,) = run_onnx(program, x)
+        with torch.no_grad():
+            expected = module(*x)
+        torch.testing.assert_close(got, expected, **FORWARD_TOL[torch.float32],
+                                   msg=lambda m: f"B={B} Q={Q} {levels}: {m}")
+
+
 def test_grid_sample_mode_name_follows_the_opset():
     """GridSample's bilinear mode is "bilinear" up to opset 19 and "linear" from 20."""
     g = generator("onnx grid mode")
@@ -215,32 +307,38 @@ import samdetr_ops, samdetr_ops.onnx, samdetr_ops.triton
 import onnxruntime as ort
 
 class TritonOps(torch.nn.Module):
-    def forward(self, features, boxes, points, logits, cxcywh):
+    def forward(self, features, boxes, points, logits, cxcywh, value, shapes, starts, locations, weights):
         t = torch.ops.samdetr_ops_triton
         return (t.roi_align(features, boxes, [3, 4], 0.5, -1, True),
                 t.semantic_align(features, boxes, points, logits, [7, 7], 0.5, 2, False),
-                t.salient_point_pos_embed(cxcywh, points, logits, 10000.0))
+                t.salient_point_pos_embed(cxcywh, points, logits, 10000.0),
+                t.ms_deform_attn(value, shapes, starts, locations, weights))
 
 g = torch.Generator().manual_seed(0)
 def inputs(B, N):
     boxes = torch.rand(B, N, 4, generator=g) * 20
     boxes[:, 0] = torch.tensor([18.0, 16.0, 2.0, 4.0])  # flipped
+    locations = torch.rand(B, N, 2, 2, 3, 2, generator=g) * 1.6 - 0.3  # ms_deform_attn: levels 5x7 and 1x1
+    locations[:, 0, 0, 0, 0, 0] = float("nan")
     return (torch.randn(B, 6, 9, 12, generator=g), boxes, torch.rand(B, N, 4, 2, generator=g) * 2.4 - 1.2,
-            torch.randn(B, N, 4, 6, generator=g), torch.rand(B, N, 4, generator=g) * 0.5 + 0.2)
+            torch.randn(B, N, 4, 6, generator=g), torch.rand(B, N, 4, generator=g) * 0.5 + 0.2,
+            torch.randn(B, 36, 2, 3, generator=g), torch.tensor([[5, 7], [1, 1]]), torch.tensor([0, 35]), locations,
+            torch.rand(B, N, 2, 2, 3, generator=g))
 batch, boxes = torch.export.Dim("batch", max=64), torch.export.Dim("boxes", max=4096)
 d = {0: batch, 1: boxes}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    program = samdetr_ops.onnx.export(TritonOps(), inputs(2, 5), dynamic_shapes=({0: batch}, d, d, d, d),
+    program = samdetr_ops.onnx.export(TritonOps(), inputs(2, 5),
+                                      dynamic_shapes=({0: batch}, d, d, d, d, {0: batch}, None, None, d, d),
                                       opset_version=20, verbose=False)
 session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
 for B, N in ((3, 8), (1, 2)):
     x = inputs(B, N)
     got = session.run(None, {a.name: t.numpy() for a, t in zip(session.get_inputs(), x)})
-    features, boxes, points, logits, cxcywh = x
+    features, boxes, points, logits, cxcywh = x[:5]
     expected = (samdetr_ops.roi_align(features, boxes, (3, 4), 0.5, -1, True),
                 samdetr_ops.semantic_align(features, boxes, points, logits, 7, 0.5, 2, False),
-                samdetr_ops.salient_point_pos_embed(cxcywh, points, logits))
+                samdetr_ops.salient_point_pos_embed(cxcywh, points, logits), samdetr_ops.ms_deform_attn(*x[5:]))
     for o, e in zip(got, expected):
         torch.testing.assert_close(torch.from_numpy(o), e, atol=2e-5, rtol=1e-5)
 print("OK", [n.target for n in program.exported_program.graph.nodes if "samdetr" in str(n.target)])
@@ -257,6 +355,7 @@ def test_triton_namespace_exports():
                             env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "samdetr_ops_triton.roi_align" in result.stdout and "semantic_align" in result.stdout
+    assert "samdetr_ops_triton.ms_deform_attn" in result.stdout
 
 
 # ---- the whole detector ---------------------------------------------------------------------------------------
