@@ -55,14 +55,18 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
 
 @torch.no_grad()
 def fold_scales_and_shifts(norms):
-    """The affine maps y = x * scale + shift of frozen BatchNorms, all computed by five batched (foreach) ops:
-    scale = weight / sqrt(running_var + eps), shift = bias - running_mean * scale -> [(scale, shift)] (C_out,)
-    each. The buffers take no gradient."""
-    scales = torch._foreach_add([n.running_var for n in norms], [n.eps for n in norms])
-    torch._foreach_rsqrt_(scales)
-    torch._foreach_mul_(scales, [n.weight for n in norms])
-    shifts = torch._foreach_sub([n.bias for n in norms], torch._foreach_mul([n.running_mean for n in norms], scales))
-    return list(zip(scales, shifts))
+    """The affine maps y = x * scale + shift of frozen BatchNorms, all computed at once on their concatenated
+    buffers (a few operations whatever their number, and export-friendly): scale = weight / sqrt(running_var +
+    eps), shift = bias - running_mean * scale -> [(scale, shift)] (C_out,) each. The buffers take no gradient."""
+    weight, bias, mean, var = (torch.cat([getattr(n, name) for n in norms])
+                               for name in ("weight", "bias", "running_mean", "running_var"))
+    eps = {n.eps for n in norms}
+    if len(eps) > 1:
+        eps = torch.cat([torch.full_like(n.running_var, n.eps) for n in norms])
+    scale = weight * (var + (eps.pop() if isinstance(eps, set) else eps)).rsqrt()
+    shift = bias - mean * scale
+    sizes = [n.running_var.numel() for n in norms]
+    return list(zip(scale.split(sizes), shift.split(sizes)))
 
 
 def fold_frozen_batchnorms(module):
