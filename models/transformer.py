@@ -107,9 +107,12 @@ class TransformerDecoderLayer(nn.Module):
         self.dropout3 = Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios):
+    def forward(self, tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios,
+                memory_kv=None):
         """tgt (B, N, C); memory, pos (B, HW, C); key_padding_mask (B, HW); reference_boxes (B, N, 4) cxcywh in
-        [0, 1]; spatial_shape (H, W) Python ints; valid_ratios (B, 2) (w, h) -> tgt (B, N, C)."""
+        [0, 1]; spatial_shape (H, W) Python ints; valid_ratios (B, 2) (w, h); memory_kv: this layer's cross-
+        attention keys and values (B, HW, C) each if already computed (cross_attention_keys_and_values), else
+        None -> tgt (B, N, C)."""
         B, N, C = tgt.shape
         M, H, W = self.nheads, *spatial_shape
         p = self.dropout if self.training else 0.0
@@ -131,8 +134,9 @@ class TransformerDecoderLayer(nn.Module):
 
         # cross-attention: one key tensor serves every head (never expanded per head); head-major query rows,
         # so that the attention weights come out (B, M, N, HW), contiguous for the per-head value product
-        k = self.ca_kcontent_proj(memory) + self.ca_kpos_sine_proj(pos)                       # (B, HW, C)
-        v = self.ca_v_proj(memory)                                                           # (B, HW, C)
+        if memory_kv is None:
+            memory_kv = cross_attention_keys_and_values([self], memory, pos)[0]
+        k, v = memory_kv                                                                     # (B, HW, C) x2
         q = q.transpose(1, 2).reshape(B, M * N, C) * C ** -0.5                               # (B, M*N, C)
         logits = torch.matmul(q, k.transpose(1, 2))                                          # (B, M*N, HW)
         logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
@@ -165,6 +169,24 @@ def smca_bias(reference_boxes, points, scales, spatial_shape, valid_ratios):
     return ((dy[..., :, None] + dx[..., None, :]) / -8.0).reshape(B, M * N, H * W)
 
 
+def cross_attention_keys_and_values(layers, memory, pos):
+    """The cross-attention keys ca_kcontent_proj(memory) + ca_kpos_sine_proj(pos) and values ca_v_proj(memory) of
+    every decoder layer (B, HW, C) each: memory and pos are the same for all layers, so the projections of all
+    layers run as one matrix product each (their weights concatenated; the second layer of the key-position MLPs
+    as one batched product), forward and backward, instead of one per layer and projection."""
+    L, (B, HW, C) = len(layers), memory.shape
+    kv_weight = torch.cat([w for layer in layers for w in (layer.ca_kcontent_proj.weight, layer.ca_v_proj.weight)])
+    kv_bias = torch.cat([b for layer in layers for b in (layer.ca_kcontent_proj.bias, layer.ca_v_proj.bias)])
+    kv = F.linear(memory, kv_weight, kv_bias).view(B, HW, L, 2, C)
+    first, second = zip(*(layer.ca_kpos_sine_proj.layers for layer in layers))
+    hidden = F.relu(F.linear(pos, torch.cat([f.weight for f in first]), torch.cat([f.bias for f in first])))
+    hidden = hidden.view(B * HW, L, C).transpose(0, 1)                                   # (L, B*HW, C)
+    kpos = torch.baddbmm(torch.stack([s.bias for s in second])[:, None, :], hidden,
+                         torch.stack([s.weight for s in second]).transpose(1, 2))        # (L, B*HW, C)
+    k = kv[:, :, :, 0] + kpos.view(L, B, HW, C).permute(1, 2, 0, 3)                     # (B, HW, L, C)
+    return [(k[:, :, i], kv[:, :, i, 1]) for i in range(L)]
+
+
 class TransformerDecoder(nn.Module):
     """Runs the decoder layers, refining the reference boxes after each one with that layer's box head
     (inverse-sigmoid + offset), detached between layers.
@@ -183,8 +205,9 @@ class TransformerDecoder(nn.Module):
         box_logits = box_logits.expand(B, -1, -1)                                        # (B, N, 4)
         reference_boxes = box_logits.sigmoid()
         hs, references, offsets = [], [], []
-        for layer, box_head in zip(self.layers, box_heads):
-            tgt = layer(tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios)
+        memory_kv = cross_attention_keys_and_values(self.layers, memory, pos)
+        for layer, box_head, kv in zip(self.layers, box_heads, memory_kv):
+            tgt = layer(tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios, kv)
             offset = box_head(tgt)                                                       # (B, N, 4)
             hs.append(tgt)
             references.append(reference_boxes)
