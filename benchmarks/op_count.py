@@ -32,15 +32,16 @@ class HostCost:
     syncs: int = 0                       # sync-ing aten ops + explicit device -> host transfers
     by_op: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     sync_sites: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    by_module: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # see count_host_cost
 
     def top(self, n=10):
         return self.by_op.most_common(n)
 
 
 class _DispatchCounter(TorchDispatchMode):
-    def __init__(self, cost):
+    def __init__(self, cost, module_stack=None):
         super().__init__()
-        self.cost = cost
+        self.cost, self.module_stack = cost, module_stack
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
@@ -49,6 +50,8 @@ class _DispatchCounter(TorchDispatchMode):
         else:
             self.cost.ops += 1
             self.cost.by_op[name] += 1
+            if self.module_stack is not None:
+                self.cost.by_module[self.module_stack[-1] if self.module_stack else "<outside modules>"] += 1
         if name in SYNC_OPS:
             self.cost.syncs += 1
             self.cost.sync_sites[f"aten.{name}"] += 1
@@ -78,23 +81,44 @@ class _TransferCounter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def count_host_cost(fn):
-    """Runs fn() once and returns its HostCost (and nothing of fn's result: call it again for that)."""
+def count_host_cost(fn, modules=None):
+    """Runs fn() once and returns its HostCost (and nothing of fn's result: call it again for that).
+    modules: {prefix: nn.Module} whose submodules' forward calls the non-view ops are attributed to, in
+    cost.by_module by qualified name (the innermost module running; backward and code outside them:
+    "<outside modules>")."""
     cost = HostCost()
-    with _TransferCounter(cost), _DispatchCounter(cost):
-        fn()
+    stack, handles = (None, []) if modules is None else _module_stack(modules)
+    try:
+        with _TransferCounter(cost), _DispatchCounter(cost, stack):
+            fn()
+    finally:
+        for handle in handles:
+            handle.remove()
     return cost
 
 
-def _sam_detr_step_cost(batch=2, size=128, num_queries=300):
-    """One training step (forward, loss, backward, clipping, fused AdamW) of the default SAM-DETR R50 on CPU."""
+def _module_stack(modules):
+    """A stack of the qualified names of the modules running, kept by forward pre-/post-hooks on all of them."""
+    stack, handles = [], []
+    for prefix, root in modules.items():
+        for name, module in root.named_modules():
+            qualified = f"{prefix}.{name}" if name else prefix
+            handles.append(module.register_forward_pre_hook(lambda m, a, q=qualified: stack.append(q)))
+            handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
+    return stack, handles
+
+
+def _sam_detr_step_cost(batch=2, size=128, num_queries=300, aligner_implementation="fused", by_module=False):
+    """One training step (forward, loss, backward, clipping, fused AdamW) of the default SAM-DETR R50 on CPU
+    (by_module: with cost.by_module)."""
     import warnings
 
     import models
     from benchmarks.bench_model import make_batch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random backbone
-        model, criterion, _ = models.build(models.SAMDETRConfig(num_queries=num_queries))
+        model, criterion, _ = models.build(models.DetectorConfig(num_queries=num_queries,
+                                                                  aligner_implementation=aligner_implementation))
     images, mask, targets = make_batch(batch, size, size, 91, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
 
@@ -107,12 +131,16 @@ def _sam_detr_step_cost(batch=2, size=128, num_queries=300):
         optimizer.step()
 
     step()  # warm-up: lazy initialisation (optimizer state) is not the steady state
-    return count_host_cost(step)
+    return count_host_cost(step, {"model": model, "criterion": criterion} if by_module else None)
 
 
 if __name__ == "__main__":
-    cost = _sam_detr_step_cost()
-    print(f"SAM-DETR R50 training step (B2 128x128, CPU): {cost.ops} aten ops (+{cost.views} views), "
-          f"{cost.syncs} syncs")
+    import sys
+    implementation = next((a for a in sys.argv[1:] if not a.startswith("--")), "fused")   # or "reference"
+    cost = _sam_detr_step_cost(aligner_implementation=implementation, by_module="--by-module" in sys.argv)
+    print(f"SAM-DETR R50 training step (B2 128x128, CPU, {implementation} aligner): {cost.ops} aten ops "
+          f"(+{cost.views} views), {cost.syncs} syncs")
     print("sync sites:", dict(cost.sync_sites))
     print("top ops:", cost.top(15))
+    if cost.by_module:
+        print("top modules:", cost.by_module.most_common(40))

@@ -39,10 +39,10 @@ class ConvFrozenBatchNorm2d(nn.Conv2d):
         self.weight = conv.weight
         object.__setattr__(self, "norm", norm)   # a reference, not a submodule: its buffers keep their names
 
+    folded = None   # (scale, shift) of the norm, when the Backbone computed those of all its convs at once
+
     def forward(self, x):
-        norm = self.norm
-        scale = norm.weight * (norm.running_var + norm.eps).rsqrt()                          # (C_out,)
-        shift = norm.bias - norm.running_mean * scale
+        scale, shift = self.folded if self.folded is not None else fold_scales_and_shifts([self.norm])[0]
         return self._conv_forward(x, self.weight * scale[:, None, None, None], shift)
 
 
@@ -51,6 +51,22 @@ class FoldedFrozenBatchNorm2d(FrozenBatchNorm2d):
 
     def forward(self, x):
         return x
+
+
+@torch.no_grad()
+def fold_scales_and_shifts(norms):
+    """The affine maps y = x * scale + shift of frozen BatchNorms, all computed at once on their concatenated
+    buffers (a few operations whatever their number, and export-friendly): scale = weight / sqrt(running_var +
+    eps), shift = bias - running_mean * scale -> [(scale, shift)] (C_out,) each. The buffers take no gradient."""
+    weight, bias, mean, var = (torch.cat([getattr(n, name) for n in norms])
+                               for name in ("weight", "bias", "running_mean", "running_var"))
+    eps = {n.eps for n in norms}
+    if len(eps) > 1:
+        eps = torch.cat([torch.full_like(n.running_var, n.eps) for n in norms])
+    scale = weight * (var + (eps.pop() if isinstance(eps, set) else eps)).rsqrt()
+    shift = bias - mean * scale
+    sizes = [n.running_var.numel() for n in norms]
+    return list(zip(scale.split(sizes), shift.split(sizes)))
 
 
 def fold_frozen_batchnorms(module):
@@ -96,7 +112,15 @@ class Backbone(nn.Module):
         self.body.to(memory_format=torch.channels_last)
 
     def forward(self, images, mask):
-        features = self.body(images.contiguous(memory_format=torch.channels_last))["0"]  # (B, C, h, w) NHWC
+        # every folded norm's scale and shift at once, for this call
+        convs = [m for m in self.body.modules() if isinstance(m, ConvFrozenBatchNorm2d)]
+        for conv, folded in zip(convs, fold_scales_and_shifts([conv.norm for conv in convs]) if convs else []):
+            conv.folded = folded
+        try:
+            features = self.body(images.contiguous(memory_format=torch.channels_last))["0"]  # (B, C, h, w) NHWC
+        finally:
+            for conv in convs:
+                conv.folded = None
         mask = F.interpolate(mask[None].float(), size=features.shape[-2:]).to(torch.bool)[0]  # (B, h, w)
         return features, mask
 

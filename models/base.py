@@ -27,6 +27,22 @@ class MLP(nn.Module):
         return x
 
 
+def dropout(x, p, training):
+    """F.dropout(x, p, training) as one operation on every device: aten.native_dropout, which F.dropout runs on
+    CUDA, draws the same mask from the same random numbers on a CPU (where F.dropout takes four operations)."""
+    if not training or p == 0 or p == 1 or x.numel() == 0:
+        return F.dropout(x, p, training)
+    return torch.native_dropout(x, p, True)[0]
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout computed by `dropout` (the same mask and output; one operation on a CPU too)."""
+
+    def forward(self, x):
+        return F.dropout(x, self.p, True, True) if self.inplace and self.training else dropout(
+            x, self.p, self.training)
+
+
 def clones(module, n):
     """n independent deep copies of `module` (same initial weights), as an nn.ModuleList."""
     return nn.ModuleList(copy.deepcopy(module) for _ in range(n))

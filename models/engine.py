@@ -46,14 +46,43 @@ def _to_float32(outputs):
     return outputs
 
 
-def _mean_over_ranks(values):
-    """{name: float} averaged over the DDP ranks (for logging; every rank gets the same numbers)."""
-    if not is_distributed():
-        return values
-    names = sorted(values)
-    stacked = torch.tensor([values[n] for n in names], dtype=torch.float64)
-    dist.all_reduce(stacked)
-    return dict(zip(names, (stacked / dist.get_world_size()).tolist()))
+class _DeviceLog:
+    """The logged losses of the training steps, summed on the device, read on the host (and averaged over the DDP
+    ranks) only by flush(): once every print_freq steps, so that logging adds no per-step sync."""
+
+    def __init__(self):
+        self.names, self.window, self.window_steps, self.sums, self.steps = None, None, 0, {}, 0
+
+    def add(self, loss_dict, weight_dict, loss):
+        if self.names is None:
+            self.names = [k for k in loss_dict if k in weight_dict] + ["loss"]
+        values = torch.stack([loss_dict[k].detach().float() for k in self.names[:-1]] + [loss.detach().float()])
+        self.window = values if self.window is None else self.window + values
+        self.window_steps += 1
+
+    def flush(self, epoch):
+        """Adds the steps since the last flush to the sums (one device-to-host read); raises FloatingPointError if
+        their loss was not finite."""
+        if not self.window_steps:
+            return
+        window = self.window
+        if is_distributed():
+            window = window.clone()
+            dist.all_reduce(window)
+            window = window / dist.get_world_size()
+        values = dict(zip(self.names, window.tolist()))
+        first, self.steps = self.steps, self.steps + self.window_steps
+        self.window, self.window_steps = None, 0
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"epoch {epoch}, steps {first}-{self.steps - 1}: loss is not finite "
+                                     f"(sum {values['loss']}), stopping training; summed losses: {values}")
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def means(self):
+        """Per-layer auxiliary losses (loss_ce_0, ...) stay out: the last layer's and the total suffice."""
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()
+                if k == "loss" or not k.rsplit("_", 1)[-1].isdigit()}
 
 
 def peak_memory_mb(device):
@@ -64,15 +93,17 @@ def peak_memory_mb(device):
 
 
 def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max_norm=0.0, scaler=None,
-                    amp_dtype=None, progress=True):
+                    amp_dtype=None, progress=True, print_freq=10):
     """Trains one pass over `loader`. `amp_dtype` (torch.bfloat16 / torch.float16 / None) runs the model under
     autocast; `scaler` (a torch.amp.GradScaler, for float16) scales the loss. Returns {"loss", each weighted loss
     of the last decoder layer, "lr", "lr_backbone", "epoch_time", "images_per_s", "steps", "peak_memory_mb"}: means
-    over the epoch and the ranks (images/s counts every rank's images; the memory is this rank's)."""
+    over the epoch and the ranks (images/s counts every rank's images; the memory is this rank's).
+    The losses are summed on the device and read every `print_freq` steps (and at the end), when the progress bar
+    is updated and a non-finite loss stops training (FloatingPointError): no step waits for the device to log."""
     model.train()
     criterion.train()
     weight_dict = criterion.weight_dict
-    sums, steps, images_seen = {}, 0, 0
+    log, steps, images_seen = _DeviceLog(), 0, 0
     world_size = dist.get_world_size() if is_distributed() else 1
     start = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not (progress and is_main_process()), dynamic_ncols=True,
@@ -84,12 +115,7 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
             outputs = model(images, mask)
         loss_dict = criterion(_to_float32(outputs), targets)
         loss = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-
-        logged = _mean_over_ranks({k: v.item() for k, v in loss_dict.items() if k in weight_dict}
-                                  | {"loss": loss.item()})
-        if not math.isfinite(logged["loss"]):
-            raise FloatingPointError(f"epoch {epoch}, step {steps}: loss is {logged['loss']}, stopping training; "
-                                     f"losses: {logged}")
+        log.add(loss_dict, weight_dict, loss)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -106,15 +132,14 @@ def train_one_epoch(model, criterion, loader, optimizer, device, epoch, clip_max
 
         steps += 1
         images_seen += images.shape[0] * world_size
-        for k, v in logged.items():
-            sums[k] = sums.get(k, 0.0) + v
-        elapsed = time.perf_counter() - start
-        bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                        img_s=f"{images_seen / elapsed:.1f}")
+        if steps % print_freq == 0:
+            log.flush(epoch)
+            bar.set_postfix(loss=f"{log.sums['loss'] / log.steps:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                            img_s=f"{images_seen / (time.perf_counter() - start):.1f}")
+    log.flush(epoch)
     bar.close()
     elapsed = time.perf_counter() - start
-    # Per-layer auxiliary losses (loss_ce_0, ...) stay out of the summary: the last layer's and the total suffice.
-    stats = {k: v / max(steps, 1) for k, v in sums.items() if k == "loss" or not k.rsplit("_", 1)[-1].isdigit()}
+    stats = log.means()
     stats.update(lr=optimizer.param_groups[0]["lr"], epoch_time=elapsed, images_per_s=images_seen / elapsed,
                  steps=steps, peak_memory_mb=peak_memory_mb(device))
     if len(optimizer.param_groups) > 1:

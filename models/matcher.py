@@ -1,4 +1,7 @@
-"""Hungarian matching of predictions to targets (scipy's linear_sum_assignment)."""
+"""Hungarian matching of predictions to targets (scipy's linear_sum_assignment), of every decoder layer at once:
+the cost matrices of all layers and images are computed on the device in one batched pass and read on the host in
+one transfer (the step's only device-to-host sync), then assigned per layer and image exactly as one at a time."""
+import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import nn
@@ -14,7 +17,8 @@ class HungarianMatcher(nn.Module):
 
     forward(outputs, targets): outputs {"pred_logits": (B, Q, K), "pred_boxes": (B, Q, 4) cxcywh}, targets a list
     of B dicts {"labels": (T_b,), "boxes": (T_b, 4) cxcywh} -> a list of B (query_index, target_index) int64
-    pairs of length min(Q, T_b). The defaults are DetectorConfig's (the official ones)."""
+    pairs of length min(Q, T_b). match_layers does the same for L layers at once. The defaults are
+    DetectorConfig's (the official ones)."""
 
     def __init__(self, cost_class=OFFICIAL.set_cost_class, cost_bbox=OFFICIAL.set_cost_bbox,
                  cost_giou=OFFICIAL.set_cost_giou, alpha=OFFICIAL.focal_alpha, gamma=OFFICIAL.focal_gamma):
@@ -24,26 +28,51 @@ class HungarianMatcher(nn.Module):
 
     @torch.no_grad()
     def forward(self, outputs, targets):
-        B, Q = outputs["pred_logits"].shape[:2]
-        sizes = [len(t["boxes"]) for t in targets]
-        if sum(sizes) == 0:
-            empty = torch.empty(0, dtype=torch.int64)
-            return [(empty, empty) for _ in range(B)]
-        prob = outputs["pred_logits"].flatten(0, 1).sigmoid()                         # (B*Q, K)
-        pred_boxes = outputs["pred_boxes"].flatten(0, 1)                               # (B*Q, 4)
-        target_labels = torch.cat([t["labels"] for t in targets])                     # (T,)
-        target_boxes = torch.cat([t["boxes"] for t in targets]).to(pred_boxes.dtype)  # (T, 4)
+        layers = self.match_layers(outputs["pred_logits"][None], outputs["pred_boxes"][None], targets)
+        return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in layers[0]]
 
-        prob = prob[:, target_labels]                                                  # (B*Q, T)
+    @torch.no_grad()
+    def cost_matrices(self, logits, boxes, target_labels, target_boxes):
+        """logits (L, B, Q, K), boxes (L, B, Q, 4) cxcywh, target_labels (T,), target_boxes (T, 4) of all images
+        -> the cost of every query of every image against every target (L, B, Q, T)."""
+        L, B, Q = logits.shape[:3]
+        prob = logits.flatten(1, 2).sigmoid()[..., target_labels]                         # (L, B*Q, T)
+        pred_boxes = boxes.flatten(1, 2)                                                   # (L, B*Q, 4)
+        target_boxes = target_boxes.to(pred_boxes.dtype)
         negative = (1 - self.alpha) * prob ** self.gamma * -(1 - prob + 1e-8).log()
         positive = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
         cost = (self.cost_class * (positive - negative)
-                + self.cost_bbox * torch.cdist(pred_boxes, target_boxes, p=1)
+                + self.cost_bbox * torch.cdist(pred_boxes, target_boxes[None].expand(L, -1, -1), p=1)
                 - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes),
                                                        box_cxcywh_to_xyxy(target_boxes)))
-        cost = cost.view(B, Q, -1).cpu()                                               # (B, Q, T)
-        indices = [linear_sum_assignment(c[b]) for b, c in enumerate(cost.split(sizes, -1))]
-        return [(torch.as_tensor(i, dtype=torch.int64), torch.as_tensor(j, dtype=torch.int64)) for i, j in indices]
+        return cost.view(L, B, Q, -1)
+
+    @torch.no_grad()
+    def match_layers(self, logits, boxes, targets):
+        """logits (L, B, Q, K), boxes (L, B, Q, 4) cxcywh, targets as forward's -> L lists of B (query_index,
+        target_index) numpy int64 pairs: each layer's and image's assignment, from one host transfer."""
+        L, B = logits.shape[:2]
+        sizes = [len(t["boxes"]) for t in targets]
+        if sum(sizes) == 0:
+            empty = np.empty(0, dtype=np.int64)
+            return [[(empty, empty) for _ in range(B)] for _ in range(L)]
+        cost = self.cost_matrices(logits, boxes, torch.cat([t["labels"] for t in targets]),
+                                  torch.cat([t["boxes"] for t in targets]))
+        cost = np.asarray(to_host(cost))                                                  # (L, B, Q, T)
+        offsets = np.cumsum([0] + sizes)
+        return [[tuple(np.asarray(x, dtype=np.int64)
+                       for x in linear_sum_assignment(cost[layer, b, :, offsets[b]:offsets[b + 1]]))
+                 for b in range(B)] for layer in range(L)]
+
+
+def to_host(tensor):
+    """The tensor on the host: one copy into pinned memory and a wait for it on CUDA (the host reads it next)."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu()
+    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+    host.copy_(tensor, non_blocking=True)
+    torch.cuda.current_stream(tensor.device).synchronize()
+    return host
 
 
 def build_matcher(cfg=None):

@@ -18,8 +18,8 @@ def sine_features(coordinate, num_feats, temperature=10000.0):
 def sine_embed_of_points(points, dim):
     """points (..., 2) as (x, y) in [0, 1] -> (..., dim): dim/2 features of y, then dim/2 of x. Computed without
     gradient, as SAM-DETR does for the query positions."""
-    scaled = points * (2 * math.pi)
-    return torch.cat((sine_features(scaled[..., 1], dim // 2), sine_features(scaled[..., 0], dim // 2)), dim=-1)
+    scaled = points.flip(-1) * (2 * math.pi)                                              # (..., 2) y, x
+    return sine_features(scaled, dim // 2).flatten(-2)                                    # both in one pass
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -38,9 +38,8 @@ class PositionEmbeddingSine(nn.Module):
         eps, scale = 1e-6, 2 * math.pi
         y_embed = y_embed / (y_embed[:, -1:, :] + eps + 0.5) * scale
         x_embed = x_embed / (x_embed[:, :, -1:] + eps + 0.5) * scale
-        pos = torch.cat((sine_features(y_embed, self.num_pos_feats, self.temperature),
-                         sine_features(x_embed, self.num_pos_feats, self.temperature)), dim=-1)  # (B, H, W, 2F)
-        return pos.flatten(1, 2)                                                                # (B, H*W, 2F)
+        pos = sine_features(torch.stack((y_embed, x_embed), dim=-1), self.num_pos_feats, self.temperature)
+        return pos.flatten(-2).flatten(1, 2)                                                    # (B, H*W, 2F)
 
 
 def build_position_encoding(cfg):

@@ -104,6 +104,8 @@ def get_args_parser():
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (every batch padded to one fixed size)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
+    parser.add_argument("--print_freq", default=10, type=int,
+                        help="steps between reads of the logged losses (and non-finite loss checks) on the host")
     return parser
 
 
@@ -287,7 +289,8 @@ def main(args):
         data_loader_train.sampler.set_epoch(epoch)
         train_generator.manual_seed(args.seed * 1000 + epoch)
         train_stats = train_one_epoch(running_model, criterion, data_loader_train, optimizer, device, epoch,
-                                      args.clip_max_norm, scaler, amp_dtype, progress)
+                                      args.clip_max_norm, scaler, amp_dtype, progress,
+                                      getattr(args, "print_freq", 10))
         lr_scheduler.step()
         test_stats = run_eval()
         # Every rank's RNG states, captured where the next epoch begins, so that --resume continues exactly.

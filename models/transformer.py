@@ -7,7 +7,7 @@ from torch import nn
 
 from samdetr_ops.nn import SemanticAligner
 
-from .base import MLP, clones, valid_ratios_of, xavier_init
+from .base import MLP, Dropout, clones, dropout, valid_ratios_of, xavier_init
 from .box_ops import inverse_sigmoid
 from .position_encoding import sine_embed_of_points
 
@@ -18,21 +18,45 @@ class TransformerEncoderLayer(nn.Module):
     def __init__(self, d_model, nheads, dim_feedforward, dropout):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nheads, dropout=dropout, batch_first=True)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
 
-    def forward(self, src, pos, key_padding_mask):
-        # src, pos (B, HW, C); key_padding_mask (B, HW) True on padding
-        q = k = src + pos
-        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, key_padding_mask=key_padding_mask,
-                                                            need_weights=False)[0]))
+    def forward(self, src, pos, key_padding_mask, attn_mask=None):
+        """src, pos (B, HW, C); key_padding_mask (B, HW) True on padding; attn_mask: its additive form
+        (attention_mask_of; computed here if None) -> (B, HW, C)."""
+        if attn_mask is None:
+            attn_mask = attention_mask_of(key_padding_mask, src.dtype)
+        src = self.norm1(src + self.dropout1(self_attention(self.self_attn, src + pos, src, attn_mask)))
         src2 = self.linear2(self.dropout2(F.relu(self.linear1(src))))
         return self.norm2(src + self.dropout3(src2))
+
+
+def attention_mask_of(key_padding_mask, dtype):
+    """key_padding_mask (B, HW) True on padding -> (B, 1, 1, HW): -inf on padding, 0 elsewhere, in `dtype` (the
+    additive mask nn.MultiheadAttention makes of it)."""
+    mask = torch.zeros(key_padding_mask.shape, dtype=dtype, device=key_padding_mask.device)
+    return mask.masked_fill_(key_padding_mask, float("-inf"))[:, None, None, :]
+
+
+def self_attention(attn, qk, v, attn_mask):
+    """What attn (a batch-first nn.MultiheadAttention) computes with query = key = qk, value = v and an additive
+    attn_mask (B, 1, 1, HW), on its own parameters (the state-dict keys stay nn.MultiheadAttention's): the same
+    three input projections and scaled_dot_product_attention with the same dropout, without its transposes to
+    the sequence-first layout and its mask conversion. qk, v (B, HW, C) -> (B, HW, C)."""
+    B, HW, C = qk.shape
+    M = attn.num_heads
+    weights, biases = attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)
+    heads = [F.linear(x, w, b).view(B, HW, M, C // M).transpose(1, 2)                    # (B, M, HW, C/M)
+             for x, w, b in zip((qk, qk, v), weights, biases)]
+    out = F.scaled_dot_product_attention(*heads, attn_mask=attn_mask,
+                                         dropout_p=attn.dropout if attn.training else 0.0)
+    # nn.MultiheadAttention's output layout, sequence-first in memory: a dropout after it draws the same mask
+    return attn.out_proj(out.permute(2, 0, 1, 3).reshape(HW * B, C)).view(HW, B, C).transpose(0, 1)
 
 
 class TransformerEncoder(nn.Module):
@@ -43,8 +67,9 @@ class TransformerEncoder(nn.Module):
         self.layers = clones(encoder_layer, num_layers)
 
     def forward(self, src, pos, key_padding_mask):
+        attn_mask = attention_mask_of(key_padding_mask, src.dtype)                          # once for all layers
         for layer in self.layers:
-            src = layer(src, pos, key_padding_mask)
+            src = layer(src, pos, key_padding_mask, attn_mask)
         return src
 
 
@@ -63,7 +88,7 @@ class TransformerDecoderLayer(nn.Module):
         self.sa_kpos_proj = nn.Linear(d_model, d_model)
         self.sa_v_proj = nn.Linear(d_model, d_model)
         self.self_attn_out_proj = nn.Linear(d_model, d_model)
-        self.dropout1 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         # semantics aligner and cross-attention
         self.aligner = SemanticAligner(d_model, nheads, smca=smca, implementation=aligner_implementation)
@@ -73,18 +98,21 @@ class TransformerDecoderLayer(nn.Module):
         self.ca_qpos_sine_proj = MLP(d_model, d_model, d_model, 2)
         self.ca_kpos_sine_proj = MLP(d_model, d_model, d_model, 2)
         self.cross_attn_out_proj = nn.Linear(d_model, d_model)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
         # FFN
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout_ffn = nn.Dropout(dropout)
+        self.dropout_ffn = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
         self.norm3 = nn.LayerNorm(d_model)
 
-    def forward(self, tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios):
+    def forward(self, tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios,
+                memory_kv=None):
         """tgt (B, N, C); memory, pos (B, HW, C); key_padding_mask (B, HW); reference_boxes (B, N, 4) cxcywh in
-        [0, 1]; spatial_shape (H, W) Python ints; valid_ratios (B, 2) (w, h) -> tgt (B, N, C)."""
+        [0, 1]; spatial_shape (H, W) Python ints; valid_ratios (B, 2) (w, h); memory_kv: this layer's cross-
+        attention keys and values (B, HW, C) each if already computed (cross_attention_keys_and_values), else
+        None -> tgt (B, N, C)."""
         B, N, C = tgt.shape
         M, H, W = self.nheads, *spatial_shape
         p = self.dropout if self.training else 0.0
@@ -106,14 +134,15 @@ class TransformerDecoderLayer(nn.Module):
 
         # cross-attention: one key tensor serves every head (never expanded per head); head-major query rows,
         # so that the attention weights come out (B, M, N, HW), contiguous for the per-head value product
-        k = self.ca_kcontent_proj(memory) + self.ca_kpos_sine_proj(pos)                       # (B, HW, C)
-        v = self.ca_v_proj(memory)                                                           # (B, HW, C)
+        if memory_kv is None:
+            memory_kv = cross_attention_keys_and_values([self], memory, pos)[0]
+        k, v = memory_kv                                                                     # (B, HW, C) x2
         q = q.transpose(1, 2).reshape(B, M * N, C) * C ** -0.5                               # (B, M*N, C)
         logits = torch.matmul(q, k.transpose(1, 2))                                          # (B, M*N, HW)
         logits = logits.masked_fill(key_padding_mask[:, None, :], float("-inf"))
         if self.smca:
             logits = logits + smca_bias(reference_boxes, points, aligned[3], spatial_shape, valid_ratios)
-        attn = F.dropout(logits.softmax(-1), p, self.training).view(B, M, N, H * W)
+        attn = dropout(logits.softmax(-1), p, self.training).view(B, M, N, H * W)
         v = v.view(B, H * W, M, C // M).transpose(1, 2)                                      # (B, M, HW, C/M)
         tgt2 = torch.matmul(attn, v).transpose(1, 2).reshape(B, N, C)                        # heads concatenated
         tgt = self.norm2(tgt + self.dropout2(self.cross_attn_out_proj(tgt2)))
@@ -140,6 +169,24 @@ def smca_bias(reference_boxes, points, scales, spatial_shape, valid_ratios):
     return ((dy[..., :, None] + dx[..., None, :]) / -8.0).reshape(B, M * N, H * W)
 
 
+def cross_attention_keys_and_values(layers, memory, pos):
+    """The cross-attention keys ca_kcontent_proj(memory) + ca_kpos_sine_proj(pos) and values ca_v_proj(memory) of
+    every decoder layer (B, HW, C) each: memory and pos are the same for all layers, so the projections of all
+    layers run as one matrix product each (their weights concatenated; the second layer of the key-position MLPs
+    as one batched product), forward and backward, instead of one per layer and projection."""
+    L, (B, HW, C) = len(layers), memory.shape
+    kv_weight = torch.cat([w for layer in layers for w in (layer.ca_kcontent_proj.weight, layer.ca_v_proj.weight)])
+    kv_bias = torch.cat([b for layer in layers for b in (layer.ca_kcontent_proj.bias, layer.ca_v_proj.bias)])
+    kv = F.linear(memory, kv_weight, kv_bias).view(B, HW, L, 2, C)
+    first, second = zip(*(layer.ca_kpos_sine_proj.layers for layer in layers))
+    hidden = F.relu(F.linear(pos, torch.cat([f.weight for f in first]), torch.cat([f.bias for f in first])))
+    hidden = hidden.view(B * HW, L, C).transpose(0, 1)                                   # (L, B*HW, C)
+    kpos = torch.baddbmm(torch.stack([s.bias for s in second])[:, None, :], hidden,
+                         torch.stack([s.weight for s in second]).transpose(1, 2))        # (L, B*HW, C)
+    k = kv[:, :, :, 0] + kpos.view(L, B, HW, C).permute(1, 2, 0, 3)                     # (B, HW, L, C)
+    return [(k[:, :, i], kv[:, :, i, 1]) for i in range(L)]
+
+
 class TransformerDecoder(nn.Module):
     """Runs the decoder layers, refining the reference boxes after each one with that layer's box head
     (inverse-sigmoid + offset), detached between layers.
@@ -157,15 +204,19 @@ class TransformerDecoder(nn.Module):
         tgt = memory.new_zeros(B, box_logits.shape[0], C)                                 # (B, N, C)
         box_logits = box_logits.expand(B, -1, -1)                                        # (B, N, 4)
         reference_boxes = box_logits.sigmoid()
-        hs, boxes = [], []
-        for layer, box_head in zip(self.layers, box_heads):
-            tgt = layer(tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios)
+        hs, references, offsets = [], [], []
+        memory_kv = cross_attention_keys_and_values(self.layers, memory, pos)
+        for layer, box_head, kv in zip(self.layers, box_heads, memory_kv):
+            tgt = layer(tgt, memory, pos, key_padding_mask, reference_boxes, spatial_shape, valid_ratios, kv)
             offset = box_head(tgt)                                                       # (B, N, 4)
             hs.append(tgt)
-            boxes.append((inverse_sigmoid(reference_boxes) + offset).sigmoid())
+            references.append(reference_boxes)
+            offsets.append(offset)
             box_logits = (box_logits + offset).detach()
             reference_boxes = box_logits.sigmoid()
-        return torch.stack(hs), torch.stack(boxes)
+        # every layer's boxes at once: its reference boxes refined by its offsets
+        boxes = (inverse_sigmoid(torch.stack(references)) + torch.stack(offsets)).sigmoid()  # (L, B, N, 4)
+        return torch.stack(hs), boxes
 
 
 class Transformer(nn.Module):
