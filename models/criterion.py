@@ -42,7 +42,11 @@ class SetCriterion(nn.Module):
         layer, batch, query, target = matches
         pred = boxes[layer, batch, query]                                                 # (L, T, 4)
         target = target_boxes.to(pred.dtype)[target]                                     # (L, T, 4)
-        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred)[..., None, :], box_cxcywh_to_xyxy(target)[..., None, :])
+        # the pairs' GIoU: the diagonal of 2-D box sets, as DETR computes it (older torchvisions, e.g. the GPU
+        # machine's 0.26, take no batch dimension)
+        L, T = pred.shape[:2]
+        giou = torch.diagonal(generalized_box_iou(box_cxcywh_to_xyxy(pred.reshape(L * T, 4)),
+                                                  box_cxcywh_to_xyxy(target.reshape(L * T, 4)))).view(L, T)
         return (F.l1_loss(pred, target, reduction="none").flatten(1).sum(1) / num_boxes,
                 (1 - giou).flatten(1).sum(1) / num_boxes)
 

@@ -41,10 +41,11 @@ class HungarianMatcher(nn.Module):
         target_boxes = target_boxes.to(pred_boxes.dtype)
         negative = (1 - self.alpha) * prob ** self.gamma * -(1 - prob + 1e-8).log()
         positive = self.alpha * (1 - prob) ** self.gamma * -(prob + 1e-8).log()
+        # GIoU of 2-D box sets (older torchvisions, e.g. the GPU machine's 0.26, take no batch dimension)
+        giou = generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes.flatten(0, 1)), box_cxcywh_to_xyxy(target_boxes))
         cost = (self.cost_class * (positive - negative)
                 + self.cost_bbox * torch.cdist(pred_boxes, target_boxes[None].expand(L, -1, -1), p=1)
-                - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes),
-                                                       box_cxcywh_to_xyxy(target_boxes)))
+                - self.cost_giou * giou.view(L, B * Q, -1))
         return cost.view(L, B, Q, -1)
 
     @torch.no_grad()
