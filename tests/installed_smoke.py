@@ -25,8 +25,14 @@ def main(site_dir):
     logits = torch.randn(B, N, M, C, generator=g, dtype=torch.float64)
     cxcywh = torch.rand(B, N, 4, generator=g, dtype=torch.float64)
     embed_logits = torch.randn(B, N, M, 6, generator=g, dtype=torch.float64)  # an even width D
+    # ms_deform_attn: levels 3x4 and 1x2 (S = 14 tokens), 2 heads x 3 channels, 2 points per level
+    spatial_shapes, level_start_index = torch.tensor([[3, 4], [1, 2]]), torch.tensor([0, 12])
+    value = torch.randn(B, 14, 2, 3, generator=g, dtype=torch.float64)
+    locations = torch.rand(B, N, 2, 2, 2, 2, generator=g, dtype=torch.float64)
+    weights = torch.rand(B, N, 2, 2, 2, generator=g, dtype=torch.float64)
     for name, args in (("roi_align", (features, boxes)), ("semantic_align", (features, boxes, points, logits)),
-                       ("salient_point_pos_embed", (cxcywh, points, embed_logits))):
+                       ("salient_point_pos_embed", (cxcywh, points, embed_logits)),
+                       ("ms_deform_attn", (value, spatial_shapes, level_start_index, locations, weights))):
         with samdetr_ops.use_backend("cpp"):
             out = getattr(samdetr_ops, name)(*args)
         torch.testing.assert_close(out, getattr(reference, name)(*args), atol=1e-12, rtol=1e-10)
