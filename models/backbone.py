@@ -60,10 +60,9 @@ def fold_scales_and_shifts(norms):
     eps), shift = bias - running_mean * scale -> [(scale, shift)] (C_out,) each. The buffers take no gradient."""
     weight, bias, mean, var = (torch.cat([getattr(n, name) for n in norms])
                                for name in ("weight", "bias", "running_mean", "running_var"))
-    eps = {n.eps for n in norms}
-    if len(eps) > 1:
-        eps = torch.cat([torch.full_like(n.running_var, n.eps) for n in norms])
-    scale = weight * (var + (eps.pop() if isinstance(eps, set) else eps)).rsqrt()
+    epsilons = {n.eps for n in norms}  # one number in a ResNet: no per-norm tensor then
+    eps = epsilons.pop() if len(epsilons) == 1 else torch.cat([torch.full_like(n.running_var, n.eps) for n in norms])
+    scale = weight * (var + eps).rsqrt()
     shift = bias - mean * scale
     sizes = [n.running_var.numel() for n in norms]
     return list(zip(scale.split(sizes), shift.split(sizes)))
@@ -110,10 +109,12 @@ class Backbone(nn.Module):
             fold_frozen_batchnorms(resnet)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
         self.body.to(memory_format=torch.channels_last)
+        # the convs with a folded norm, found once (a plain tuple: no second registration of the submodules)
+        self.folded_convs = tuple(m for m in self.body.modules() if isinstance(m, ConvFrozenBatchNorm2d))
 
     def forward(self, images, mask):
         # every folded norm's scale and shift at once, for this call
-        convs = [m for m in self.body.modules() if isinstance(m, ConvFrozenBatchNorm2d)]
+        convs = self.folded_convs
         for conv, folded in zip(convs, fold_scales_and_shifts([conv.norm for conv in convs]) if convs else []):
             conv.folded = folded
         try:

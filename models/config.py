@@ -10,7 +10,6 @@ from typing import Optional
 # SemanticAligner's implementations: "fused" runs it on the samdetr_ops kernels, "reference" on the unfused official
 # sequence (samdetr_ops.nn.IMPLEMENTATIONS).
 ALIGNER_IMPLEMENTATIONS = ("fused", "reference")
-ALIGNER_OPS = ALIGNER_IMPLEMENTATIONS  # its name before the field was renamed
 
 
 @dataclass
