@@ -50,6 +50,14 @@ __all__ = ["ARCHITECTURE_FIELDS", "CHECKPOINT_FORMAT", "cli", "config_from_dict"
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}
 
 
+def positive_int(text):
+    """argparse type: an int >= 1 (argparse names the option in its error)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
 def get_args_parser():
     parser = argparse.ArgumentParser("SAM-DETR training and evaluation", add_help=False)
     parser.add_argument("--lr", default=1e-4, type=float)
@@ -104,7 +112,7 @@ def get_args_parser():
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model (every batch padded to one fixed size)")
     parser.add_argument("--quiet", action="store_true", help="one line per epoch instead of progress bars")
-    parser.add_argument("--print_freq", default=10, type=int,
+    parser.add_argument("--print_freq", default=10, type=positive_int,
                         help="steps between reads of the logged losses (and non-finite loss checks) on the host")
     return parser
 

@@ -74,6 +74,12 @@ def fixed_batches(coco_dir, num_images, batch_size):
 
 
 # ------------------------------------------------------------------------------------------------- training
+def test_print_freq_below_one_is_refused_naming_the_option(capsys):
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--print_freq", "0"])
+    assert "--print_freq" in capsys.readouterr().err
+
+
 def test_command_line_defaults_are_the_configs():
     """Every DetectorConfig field but num_classes (the dataset's) is an argument with the config's default."""
     args = get_args_parser().parse_args([])
